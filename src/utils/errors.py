@@ -1,0 +1,17 @@
+"""Errors a user can act on: the CLI prints their message on one line and exits 2."""
+
+
+class CSIError(Exception):
+    """Base of every error caused by the user's input (config, labels, images, checkpoints)."""
+
+
+class ConfigError(CSIError):
+    """A config file, --set or environment value that is missing, misspelt or out of range."""
+
+
+class DataError(CSIError):
+    """A labels CSV row or an image file that cannot be used."""
+
+
+class CheckpointError(CSIError):
+    """A checkpoint that is missing, corrupt or belongs to another model."""
