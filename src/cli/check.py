@@ -1,0 +1,45 @@
+"""check mode: load and validate config, labels and images without training, then summarise."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import click
+import numpy as np
+
+from src.config.schema import Config
+from src.data.load import load_data
+from src.data.readers import file_extension
+from src.data.summary import label_counts, split_counts
+
+
+def _size_range(shapes: list[tuple[int, int] | None]) -> str:
+    known = np.array([s for s in shapes if s], dtype=int)
+    if not len(known):
+        return "none decoded"
+    pixels = known[:, 0] * known[:, 1]
+    smallest, median, largest = (known[np.argsort(pixels)[k]] for k in (0, len(known) // 2, -1))
+    return " / ".join(f"{h}x{w}" for h, w in (smallest, median, largest)) + " (min / median / max, HxW)"
+
+
+def run_check(cfg: Config, options: dict[str, Any]) -> None:
+    bundle = load_data(cfg)
+    table, cache = bundle.table, bundle.cache
+    formats = Counter(file_extension(p) for p in table["path"])
+    echo = click.echo
+    echo(f"Config        {options['config_path']} (valid)")
+    echo(f"Labels        {cfg.data.labels_csv}: {len(table) + len(bundle.skipped)} rows, "
+         f"{len(table)} usable, {len(bundle.skipped)} skipped")
+    echo(f"Formats       {', '.join(f'{ext} {n}' for ext, n in formats.most_common())}")
+    echo(f"Image sizes   {_size_range(cache.original_shapes)}")
+    images = cache.images
+    echo(f"Cache         {cache.path} ({'reused' if cache.hit else 'built'}; {images.shape[0]} x "
+         f"{images.shape[1]}x{images.shape[2]} {images.dtype}, {images.nbytes / 2**20:.1f} MiB)")
+    echo("\nZone scores (images per class)")
+    echo(label_counts(table).to_string())
+    echo("\nSplit")
+    echo(split_counts(table).to_string())
+    if len(bundle.skipped):
+        echo("\nSkipped (on_missing = skip)")
+        echo(bundle.skipped.to_string(index=False))

@@ -1,0 +1,69 @@
+"""`python main.py --mode MODE`: parse the command line, load the config, dispatch to a mode."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from src.config.loader import load_config
+from src.config.schema import section_fields, section_names
+from src.utils.errors import CSIError
+from src.utils.logging import add_file_log, logger, setup_logging
+
+# mode -> (handler "module:function", one line of help). A mode is listed here once it works.
+MODES: dict[str, tuple[str, str]] = {
+    "check": ("src.cli.check:run_check",
+              "validate config, labels and every image (building the cache); print a summary"),
+}
+
+
+def _schema_flags(command):
+    """Add a dedicated flag for each schema key that declares one (e.g. --epochs)."""
+    for section in section_names():
+        for name, fld in section_fields(section).items():
+            if fld.metadata["flag"]:
+                command = click.option(fld.metadata["flag"], f"{section}__{name}", default=None,
+                                       help=f"[{section}] {name}: {fld.metadata['help']}")(command)
+    return command
+
+
+_MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.items())
+
+
+@click.command(epilog=_MODE_HELP, context_settings={"help_option_names": ["-h", "--help"],
+                                                    "max_content_width": 110})
+@click.option("--mode", type=click.Choice(list(MODES)), required=True, help="What to do (see Modes below).")
+@click.option("--config", "config_path", default="config/config.ini", show_default=True,
+              help="INI file with the run's configuration.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override one config key; repeatable. Beats environment variables and the INI file.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Console verbosity; debug also shows tracebacks.")
+@_schema_flags
+def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str, **options: Any) -> None:
+    """Train, tune and evaluate models that score chest X-rays with the 6-zone CSI."""
+    setup_logging(log_level)
+    flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
+    module_name, function_name = MODES[mode][0].split(":")
+    try:
+        cfg = load_config(config_path, overrides, cli=flags)
+        add_file_log(cfg.logging.log_dir)
+        handler = getattr(importlib.import_module(module_name), function_name)
+        handler(cfg, {k: v for k, v in options.items() if "__" not in k} | {"config_path": config_path})
+    except CSIError as exc:
+        if log_level == "debug":
+            logger.exception(str(exc))
+        else:
+            logger.error(str(exc))
+        sys.exit(2)
+
+
+def main() -> None:
+    cli(prog_name="main.py")
+
+
+if __name__ == "__main__":
+    main()
