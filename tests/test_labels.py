@@ -72,7 +72,7 @@ def test_duplicate_file_id(tmp_path):
 def test_missing_columns_and_file(tmp_path):
     with pytest.raises(DataError, match="missing column.*left_inf"):
         read_labels(write(tmp_path, "FileID;right_sup;left_sup;right_mid;left_mid;right_inf\n1;0;0;0;0;0\n"))
-    with pytest.raises(DataError, match="labels CSV not found"):
+    with pytest.raises(DataError, match="CSV file not found"):
         read_labels(tmp_path / "absent.csv")
 
 

@@ -15,6 +15,12 @@ from src.utils.logging import add_file_log, logger, setup_logging
 
 # mode -> (handler "module:function", one line of help). A mode is listed here once it works.
 MODES: dict[str, tuple[str, str]] = {
+    "train": ("src.cli.train:run_train", "train per the config; prints the run directory and best metrics"),
+    "eval": ("src.cli.evaluate:run_eval",
+             "evaluate a run's checkpoint on its val and test splits (--run DIR | --checkpoint FILE)"),
+    "both": ("src.cli.evaluate:run_both", "train, then evaluate the new run"),
+    "predict": ("src.cli.predict:run_predict",
+                "score new images: --input DIR|CSV --output FILE.csv [--checkpoint FILE | --run DIR]"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
 }
@@ -42,6 +48,10 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="Override one config key; repeatable. Beats environment variables and the INI file.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Console verbosity; debug also shows tracebacks.")
+@click.option("--run", type=click.Path(file_okay=False), help="eval/predict: a run directory (default: latest).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
+@click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
+@click.option("--output", type=click.Path(dir_okay=False), help="predict: CSV to write (default predictions.csv).")
 @_schema_flags
 def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str, **options: Any) -> None:
     """Train, tune and evaluate models that score chest X-rays with the 6-zone CSI."""
@@ -61,8 +71,9 @@ def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
         sys.exit(2)
 
 
-def main() -> None:
-    cli(prog_name="main.py")
+def main(default_mode: str | None = None) -> None:
+    """Console entry point; legacy module entry points pass the mode they stand for."""
+    cli(prog_name="main.py", default_map={"mode": default_mode} if default_mode else None)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,32 @@ def parse_assignment(text: str, origin: str = "--set") -> tuple[str, str, str]:
     return section, _canonical_key(section, name, f"{origin} {text!r}"), value
 
 
+def read_ini_text(text: str, origin: str) -> dict[tuple[str, str], tuple[str, str]]:
+    """Raw (section, key) -> (value, origin) pairs from INI text; `origin` names it in errors."""
+    parser = configparser.ConfigParser(
+        interpolation=configparser.ExtendedInterpolation(), inline_comment_prefixes=("#",)
+    )
+    try:
+        parser.read_string(text, source=origin)
+    except configparser.Error as exc:
+        raise ConfigError(f"{origin}: not a valid INI file: {str(exc).splitlines()[0]}") from None
+    values: dict[tuple[str, str], tuple[str, str]] = {}
+    seen_sections: dict[str, str] = {}
+    for raw_section in parser.sections():
+        section = _canonical_section(raw_section, origin)
+        if section in seen_sections:
+            raise ConfigError(f"{origin}: section [{raw_section}] appears twice (also as [{seen_sections[section]}])")
+        seen_sections[section] = raw_section
+        for raw_key in parser[raw_section]:
+            where = f"{origin}: [{raw_section}] {raw_key}"
+            name = _canonical_key(section, raw_key, f"{origin}: [{raw_section}]")
+            try:
+                values[(section, name)] = (parser[raw_section][raw_key], where)
+            except configparser.Error as exc:
+                raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+    return values
+
+
 def read_ini(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
     """Raw (section, key) -> (value, origin) pairs from an INI file."""
     if not path.is_file():
@@ -125,28 +151,11 @@ def read_ini(path: Path) -> dict[tuple[str, str], tuple[str, str]]:
             f"{path}: config file not found; run from the directory holding config/config.ini "
             "or pass --config PATH"
         )
-    parser = configparser.ConfigParser(
-        interpolation=configparser.ExtendedInterpolation(), inline_comment_prefixes=("#",)
-    )
     try:
-        parser.read(path, encoding="utf-8")
-    except configparser.Error as exc:
-        raise ConfigError(f"{path}: not a valid INI file: {str(exc).splitlines()[0]}") from None
-    values: dict[tuple[str, str], tuple[str, str]] = {}
-    seen_sections: dict[str, str] = {}
-    for raw_section in parser.sections():
-        section = _canonical_section(raw_section, str(path))
-        if section in seen_sections:
-            raise ConfigError(f"{path}: section [{raw_section}] appears twice (also as [{seen_sections[section]}])")
-        seen_sections[section] = raw_section
-        for raw_key in parser[raw_section]:
-            origin = f"{path}: [{raw_section}] {raw_key}"
-            name = _canonical_key(section, raw_key, f"{path}: [{raw_section}]")
-            try:
-                values[(section, name)] = (parser[raw_section][raw_key], origin)
-            except configparser.Error as exc:
-                raise ConfigError(f"{origin}: {str(exc).splitlines()[0]}") from None
-    return values
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return read_ini_text(text, str(path))
 
 
 def read_env(env: Mapping[str, str]) -> dict[tuple[str, str], tuple[str, str]]:
@@ -227,6 +236,13 @@ def load_config(
         raw[(section, name)] = (value, f"{flag}")
     cfg = build_config(raw)
     validate(cfg, str(path) if path is not None else "config")
+    return cfg
+
+
+def config_from_text(text: str, origin: str) -> Config:
+    """Config from INI text alone (e.g. the copy embedded in a checkpoint); no env, no defaults file."""
+    cfg = build_config(read_ini_text(text, origin))
+    validate(cfg, origin)
     return cfg
 
 

@@ -53,6 +53,24 @@ class TrainingConfig:
     )
     pin_memory: bool = key(True, "Pin host memory for faster copies to a GPU (ignored on CPU).")
     seed: int = key(42, "Seed for the split, initialisation and data order: same seed, same run.", min=0)
+    precision: str = key(
+        "auto",
+        "Arithmetic: fp32, bf16 (autocast on CPU or GPU), fp16 (CUDA, with a gradient scaler); auto "
+        "picks bf16 where the hardware runs it fast (CPUs with AMX/AVX-512-BF16, Ampere+ GPUs), "
+        "else fp32.",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
+    channels_last: str = key(
+        "auto", "Channels-last memory format; auto: on whenever reduced precision is used.",
+        choices=("auto", "true", "false"),
+    )
+    gradient_accumulation_steps: int = key(
+        1, "Batches whose gradients are summed before each optimizer step (effective batch = "
+        "batch_size x this).", min=1)
+    max_grad_norm: float = key(0.0, "Clip the gradient norm to this; 0 disables clipping.", min=0)
+    max_nonfinite_steps: int = key(
+        10, "Steps with a non-finite loss or gradient are skipped; this many in a row stop training.",
+        min=1)
     output_dir: str = key("models", "Directory under which each run gets its own sub-directory.")
     run_name: str = key("run", "Suffix of the run directory name <timestamp>_<arch>_<run_name>.")
 

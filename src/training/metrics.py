@@ -110,7 +110,7 @@ def compute_precision_recall(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str
 def _qwk(t: np.ndarray, p: np.ndarray) -> float:
     keep = (t != UNKNOWN) & (p != UNKNOWN)
     t, p = t[keep], p[keep]
-    # Kappa is 0/0 when targets and predictions are one and the same class: chance explains it all.
+    # One class on both sides: no disagreement observed nor expected by chance, so kappa is 0/0.
     if t.size == 0 or (np.all(t == t[0]) and np.all(p == t[0])):
         return float("nan")
     # All four labels, so that the quadratic weights are distances between scores even when a class is absent.
@@ -154,15 +154,18 @@ def expected_csi(probs: np.ndarray) -> np.ndarray:
         return (known @ np.arange(UNKNOWN, dtype=float)).sum(axis=-1) / known.sum(axis=(-1, -2))
 
 
-def _csi_pairs(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """True and predicted CSI of the images whose true CSI is defined.
-
-    The predicted CSI averages the zones predicted known; when there is none it falls back to
-    `expected_csi(probs)` if probs are given, else it stays NaN.
-    """
-    true, pred = csi_from_scores(y_true), csi_from_scores(y_pred)
+def predicted_csi(y_pred: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
+    """[N] CSI of predictions: mean of the zones predicted known, else `expected_csi(probs)` when
+    probs are given, else NaN."""
+    pred = csi_from_scores(y_pred)
     if probs is not None:
         pred = np.where(np.isnan(pred), expected_csi(probs), pred)
+    return pred
+
+
+def _csi_pairs(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """True and predicted CSI of the images whose true CSI is defined; predicted NaN where undefined."""
+    true, pred = csi_from_scores(y_true), predicted_csi(y_pred, probs)
     keep = ~np.isnan(true)
     return true[keep], pred[keep]
 
@@ -188,8 +191,9 @@ def compute_csi_average_metrics(
 ) -> dict[str, float]:
     """MAE, RMSE and Pearson r of the per-image CSI, over images whose true CSI is defined.
 
-    Images whose predicted CSI stays undefined (see `_csi_pairs`) are left out and counted in
-    `csi_n_undefined_pred`. With probs, `csi_*_expected` also score `expected_csi(probs)`.
+    The predicted CSI averages the zones predicted known. An image with none falls back to
+    `expected_csi(probs)` when probs are given; otherwise it is left out and counted in
+    `csi_n_undefined_pred`. With probs, `csi_*_expected` also score `expected_csi(probs)` on every image.
     """
     y_true, y_pred = _check(y_true, y_pred)
     if probs is not None:

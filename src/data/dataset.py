@@ -1,0 +1,43 @@
+"""torch Dataset over the decoded-image cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from src.data.preprocess import from_storage
+
+
+class CSIDataset(Dataset):
+    """Items are (image FloatTensor[1, H, W] normalised, labels LongTensor[6], FileID).
+
+    Images come from the cache (`images`, [N, H, W] uint8/uint16): item i is cache row
+    `cache_rows[i]` with `labels[i]` and `file_ids[i]`. Nothing is decoded here.
+    """
+
+    def __init__(self, images: np.ndarray, cache_rows: Sequence[int], labels: np.ndarray,
+                 file_ids: Sequence[str], mean: float, std: float) -> None:
+        self.images = images
+        self.cache_rows = np.asarray(cache_rows, dtype=np.int64)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.file_ids = list(file_ids)
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.cache_rows)
+
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        pixels = torch.from_numpy(from_storage(np.asarray(self.images[self.cache_rows[item]])))
+        image = ((pixels - self.mean) / self.std).unsqueeze(0)
+        return image, self.labels[item], self.file_ids[item]
+
+
+def make_loader(dataset: CSIDataset, batch_size: int, shuffle: bool, seed: int = 0,
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling depends on `seed` alone (same seed, same order)."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None)

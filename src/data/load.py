@@ -1,0 +1,101 @@
+"""load_data: labels + image files + cache + split -> datasets, the one entry point of src.data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.config.schema import Config
+from src.data.cache import CacheSettings, ImageCache, build_cache
+from src.data.dataset import CSIDataset
+from src.data.labels import SPLITS, read_labels
+from src.data.locate import locate_images
+from src.data.preprocess import normalization_stats
+from src.data.split import assign_splits
+from src.data.zones import ZONES
+from src.utils.errors import DataError
+from src.utils.logging import logger
+
+_LISTED = 10  # FileIDs named in an error message before "and N more"
+
+
+@dataclass
+class DataBundle:
+    table: pd.DataFrame  # usable rows: FileID, zones, csi, [PatientID], split, path, cache_index
+    skipped: pd.DataFrame  # FileID, reason: rows left out under on_missing = skip
+    cache: ImageCache
+    mean: float
+    std: float
+
+    def labels(self, split: str | None = None) -> np.ndarray:
+        rows = self.table if split is None else self.table[self.table["split"] == split]
+        return rows[list(ZONES)].to_numpy(dtype=np.int64)
+
+    def dataset(self, split: str) -> CSIDataset:
+        rows = self.table[self.table["split"] == split]
+        return CSIDataset(self.cache.images, rows["cache_index"].to_numpy(), self.labels(split),
+                          rows["FileID"].tolist(), self.mean, self.std)
+
+    def split_table(self) -> pd.DataFrame:
+        """What split.csv holds: FileID, split (and PatientID when known)."""
+        columns = ["FileID", "split"] + (["PatientID"] if "PatientID" in self.table else [])
+        return self.table[columns]
+
+
+def _problem_message(labels_csv: str, problems: pd.DataFrame) -> str:
+    listed = ", ".join(f"{r.FileID} ({r.reason})" for r in problems.head(_LISTED).itertuples())
+    more = f" and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
+    return (f"{labels_csv}: {len(problems)} image(s) missing or unreadable: {listed}{more}; "
+            "fix them or set [Data] on_missing = skip")
+
+
+def read_split_csv(path: str | Path) -> pd.Series:
+    """FileID -> split from a run's split.csv."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found")
+    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"FileID", "split"} <= set(split.columns):
+        raise DataError(f"{path}: expected columns FileID and split")
+    return split.set_index("FileID")["split"]
+
+
+def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
+    """Read labels, find and cache every image, and assign splits (or take them from `split_csv`)."""
+    data = cfg.data
+    table = read_labels(data.labels_csv, data.csv_separator)
+    paths = locate_images(table, data.image_dir, data.image_extension)
+    found = [i for i, p in enumerate(paths) if p is not None]
+    cache = build_cache([paths[i] for i in found], CacheSettings.from_config(data), data.cache_dir)
+
+    reasons = {i: f"no file in {data.image_dir}" for i, p in enumerate(paths) if p is None}
+    reasons.update({found[k]: why for k, why in cache.failures.items()})
+    problems = pd.DataFrame({"FileID": table["FileID"].iloc[sorted(reasons)],
+                             "reason": [reasons[i] for i in sorted(reasons)]})
+    if len(problems) and data.on_missing == "error":
+        raise DataError(_problem_message(data.labels_csv, problems))
+    if len(problems):
+        logger.warning(_problem_message(data.labels_csv, problems).replace("; fix them or set", "; skipped as"))
+
+    table = table.assign(path=[str(p) if p else "" for p in paths])
+    table["cache_index"] = -1
+    table.loc[found, "cache_index"] = np.arange(len(found))
+    table = table.drop(index=sorted(reasons)).reset_index(drop=True)
+    if table.empty:
+        raise DataError(f"{data.labels_csv}: no usable image")
+
+    if split_csv is not None:
+        saved = read_split_csv(split_csv)
+        table = table[table["FileID"].isin(saved.index)].reset_index(drop=True)
+        table["split"] = saved.loc[table["FileID"]].to_numpy()
+    else:
+        fractions = (data.train_fraction, data.val_fraction, data.test_fraction)
+        table["split"] = assign_splits(table, fractions, cfg.training.seed).to_numpy()
+    unknown_splits = set(table["split"]) - set(SPLITS)
+    if unknown_splits:
+        raise DataError(f"{split_csv}: unknown split name(s) {sorted(unknown_splits)}; allowed {SPLITS}")
+    mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
+    return DataBundle(table=table, skipped=problems, cache=cache, mean=mean, std=std)

@@ -1,0 +1,26 @@
+"""The six lung zones and their scores: the domain facts every module shares."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ZONES = ("right_sup", "left_sup", "right_mid", "left_mid", "right_inf", "left_inf")
+CLASS_NAMES = ("Normal", "Mild", "Moderate", "Severe", "Unknown")
+UNKNOWN = 4
+KNOWN_CLASSES = (0, 1, 2, 3)
+
+# A horizontal flip moves the right lung to the left: zone i takes zone MIRRORED_ZONES[i]'s label.
+MIRRORED_ZONES = (1, 0, 3, 2, 5, 4)
+
+
+def csi_from_scores(scores: np.ndarray) -> np.ndarray:
+    """CSI per image: mean of the known (0-3) zone scores; NaN where no zone is known.
+
+    `scores` is [N, 6] (or [6]) of integers 0-4.
+    """
+    scores = np.asarray(scores, dtype=float)
+    known = scores != UNKNOWN
+    total = np.where(known, scores, 0.0).sum(axis=-1)
+    count = known.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)

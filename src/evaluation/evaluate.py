@@ -1,0 +1,114 @@
+"""evaluate_model: a trained run's best checkpoint on its saved validation and test splits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from src.config.loader import apply_overrides, config_from_text, get_value
+from src.config.schema import Config
+from src.data.dataset import make_loader
+from src.data.load import load_data
+from src.data.zones import CLASS_NAMES, ZONES
+from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
+from src.evaluation.predictions import predictions_table
+from src.models.factory import build_model
+from src.training.loop import LoopSettings, predict_batches
+from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
+from src.utils.checkpoint import load_checkpoint, read_checkpoint
+from src.utils.device import resolve_device, resolve_precision, use_channels_last
+from src.utils.errors import CheckpointError
+from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.run_dir import BEST, LAST, find_latest_run
+
+# Keys of the current config that apply when re-using a trained model: where and how to compute,
+# not what the model is or how its inputs were prepared (those come from the checkpoint).
+RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
+                "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
+                "Evaluation.ahf_high_threshold", "Evaluation.batch_size")
+
+
+def resolve_checkpoint(cfg: Config, run: str | None = None, checkpoint: str | None = None) -> Path:
+    """--checkpoint FILE, else the chosen checkpoint of --run DIR, else of the latest run."""
+    if checkpoint:
+        return Path(checkpoint)
+    run_dir = Path(run) if run else find_latest_run(cfg.training.output_dir)
+    path = run_dir / (BEST if cfg.evaluation.checkpoint == "best" else LAST)
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir}: no {path.name} in this run directory")
+    return path
+
+
+def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[torch.nn.Module, Config, dict]:
+    """The checkpoint's model on the configured device, and the config it was trained with
+    (with this config's runtime keys applied)."""
+    state = read_checkpoint(checkpoint)
+    trained_cfg = config_from_text(state["config"], f"{checkpoint} (embedded config)")
+    runtime = {key: get_value(cfg, key) for key in RUNTIME_KEYS}
+    # The weights come from the checkpoint: never fetch pretrained ones to build the model.
+    trained_cfg = apply_overrides(trained_cfg, {**runtime, "Model.pretrained": False, "Model.pretrained_path": ""})
+    model = build_model(trained_cfg)
+    load_checkpoint(model, checkpoint)
+    return model, trained_cfg, state
+
+
+def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, LoopSettings]:
+    device = resolve_device(cfg.training.device)
+    dtype = resolve_precision(cfg.training.precision, device)
+    channels_last = use_channels_last(cfg.training.channels_last, dtype)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return device, LoopSettings.from_config(cfg, dtype, channels_last)
+
+
+def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,
+                   splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
+    """Metrics per split; writes metrics.json, predictions_<split>.csv and PNG figures to
+    <run>/evaluation/."""
+    checkpoint_path = resolve_checkpoint(cfg, run, checkpoint)
+    model, trained_cfg, state = load_trained_model(cfg, checkpoint_path)
+    run_dir = checkpoint_path.parent
+    split_csv = run_dir / "split.csv"
+    if not split_csv.is_file():
+        raise CheckpointError(f"{run_dir}: no split.csv beside {checkpoint_path.name}; eval needs the run's split")
+    data = load_data(trained_cfg, split_csv=split_csv)
+    device, settings = loop_settings(trained_cfg, model)
+    low, high = trained_cfg.evaluation.ahf_low_threshold, trained_cfg.evaluation.ahf_high_threshold
+    out = run_dir / "evaluation"
+    results: dict[str, dict[str, float]] = {}
+    for split in splits:
+        dataset = data.dataset(split)
+        if len(dataset) == 0:
+            continue
+        loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
+        pred = predict_batches(model, loader, device, settings, desc=f"evaluate {split}")
+        y_pred = pred.probs.argmax(-1)
+        results[split] = compute_all_metrics(pred.targets, y_pred, pred.probs, low, high)
+        table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
+        atomic_write_with(out / f"predictions_{split}.csv", lambda h, t=table: t.to_csv(h, index=False), binary=False)
+        matrices = confusion_matrices(pred.targets, y_pred)
+        plot_confusion_matrices({z: matrices[z] for z in ZONES}, CLASS_NAMES, f"{split}: zones",
+                                out / f"confusion_zones_{split}.png")
+        plot_confusion_matrices({"all zones": matrices["overall"]}, CLASS_NAMES, f"{split}: overall",
+                                out / f"confusion_overall_{split}.png")
+        plot_confusion_matrices({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)},
+                                AHF_CLASSES, f"{split}: AHF class", out / f"confusion_ahf_{split}.png")
+    report = {"checkpoint": str(checkpoint_path), "epoch": state.get("epoch"), "arch": state["arch"],
+              "metrics": results}
+    atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
+    history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
+    if all(p.is_file() for p in history):
+        train_h, val_h = (json.loads(p.read_text()) for p in history)
+        plot_training_curves(train_h, val_h, out / "training_curves.png")
+    return results
+
+
+def metrics_table(results: dict[str, dict[str, float]], names: tuple[str, ...]) -> pd.DataFrame:
+    """Rows = metric names, columns = splits; for the console."""
+    return pd.DataFrame({split: [m.get(n, np.nan) for n in names] for split, m in results.items()},
+                        index=list(names)).round(4)

@@ -1,0 +1,185 @@
+"""One epoch of training or validation, and batched prediction."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from src.config.schema import Config
+from src.training.callbacks import AverageMeter
+from src.training.metrics import compute_all_metrics
+from src.utils.device import autocast
+from src.utils.errors import CSIError
+
+
+class TrainingDiverged(CSIError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class LoopSettings:
+    """How each step runs; everything train_epoch/validate_epoch need beyond the spec'd arguments."""
+
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    grad_accumulation: int = 1
+    max_grad_norm: float = 0.0
+    max_nonfinite_steps: int = 10
+    scaler: torch.amp.GradScaler | None = None
+    batch_scheduler: object = None  # stepped after every optimizer step (e.g. OneCycleLR)
+    ahf_low: float = 1.3
+    ahf_high: float = 2.2
+    progress: bool = True
+    nonfinite_streak: int = field(default=0, repr=False)  # carried across epochs
+
+    @classmethod
+    def from_config(cls, cfg: Config, dtype: torch.dtype, channels_last: bool) -> LoopSettings:
+        return cls(dtype=dtype, channels_last=channels_last,
+                   grad_accumulation=cfg.training.gradient_accumulation_steps,
+                   max_grad_norm=cfg.training.max_grad_norm,
+                   max_nonfinite_steps=cfg.training.max_nonfinite_steps,
+                   ahf_low=cfg.evaluation.ahf_low_threshold, ahf_high=cfg.evaluation.ahf_high_threshold)
+
+
+def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return images, targets.to(device, non_blocking=True)
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings) -> float:
+    """Unscale, clip, check and apply the accumulated gradients; returns their norm (NaN if skipped)."""
+    scaler = settings.scaler
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip and check the true gradients, not the scaled ones
+    if settings.max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+    else:
+        norm = _grad_norm(model)
+    finite = bool(torch.isfinite(norm))
+    if scaler is not None:
+        scaler.step(optimizer)  # skips the step itself when the gradients overflowed
+        scaler.update()
+    elif finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if finite and settings.batch_scheduler is not None:
+        settings.batch_scheduler.step()
+    return float(norm) if finite else math.nan
+
+
+def _record_nonfinite(settings: LoopSettings, epoch: int) -> None:
+    settings.nonfinite_streak += 1
+    if settings.nonfinite_streak >= settings.max_nonfinite_steps:
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch}: {settings.nonfinite_streak} steps in a row had a "
+            "non-finite loss or gradient; lower [Training] learning_rate or set max_grad_norm "
+            "(the last good checkpoint is kept)"
+        )
+
+
+def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                device: torch.device, epoch: int, settings: LoopSettings | None = None) -> dict[str, float]:
+    """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput."""
+    settings = settings or LoopSettings()
+    model.train()
+    loss_meter, norm_meter = AverageMeter(), AverageMeter()
+    predictions, targets_seen = [], []
+    skipped, images_seen, started = 0, 0, time.perf_counter()
+    accumulation, n_batches = settings.grad_accumulation, len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
+    for index, (images, targets, _) in enumerate(bar):
+        images, targets = _to_device(images, targets, device, settings.channels_last)
+        with autocast(device, settings.dtype):
+            logits = model(images)
+        loss = criterion(logits, targets)
+        group_start = index - index % accumulation
+        group_size = min(accumulation, n_batches - group_start)
+        if torch.isfinite(loss):
+            # Dividing by the group size makes the summed gradient that of one big batch.
+            scaled = loss / group_size
+            (settings.scaler.scale(scaled) if settings.scaler else scaled).backward()
+            loss_meter.update(loss.item(), len(images))
+        else:
+            skipped += 1
+            _record_nonfinite(settings, epoch)
+            optimizer.zero_grad(set_to_none=True)
+        if index + 1 == group_start + group_size:
+            norm = _optimizer_step(model, optimizer, settings)
+            if math.isnan(norm):
+                skipped += 1
+                _record_nonfinite(settings, epoch)
+            else:
+                settings.nonfinite_streak = 0
+                norm_meter.update(norm)
+        predictions.append(logits.detach().argmax(-1).cpu())
+        targets_seen.append(targets.cpu())
+        images_seen += len(images)
+        bar.set_postfix(loss=f"{loss_meter.average:.4f}",
+                        img_s=f"{images_seen / (time.perf_counter() - started):.1f}")
+    elapsed = time.perf_counter() - started
+    metrics = compute_all_metrics(torch.cat(targets_seen).numpy(), torch.cat(predictions).numpy(),
+                                  ahf_low=settings.ahf_low, ahf_high=settings.ahf_high)
+    return {
+        "epoch": epoch,
+        "train_loss": loss_meter.average,
+        "train_f1_macro": metrics["f1_macro"],
+        "train_accuracy": metrics["accuracy"],
+        "lr": optimizer.param_groups[0]["lr"],
+        "grad_norm": norm_meter.average,
+        "skipped_steps": skipped,
+        "images_per_second": images_seen / elapsed if elapsed > 0 else math.nan,
+        "epoch_seconds": elapsed,
+    }
+
+
+@dataclass
+class Predictions:
+    file_ids: list[str]
+    probs: np.ndarray  # [N, 6, 5]
+    targets: np.ndarray  # [N, 6]
+    loss: float  # NaN when no criterion was given
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, loader, device: torch.device, settings: LoopSettings | None = None,
+                    criterion: nn.Module | None = None, desc: str = "predict") -> Predictions:
+    """Class probabilities of every image of `loader` (and the mean loss when `criterion` is given)."""
+    settings = settings or LoopSettings()
+    model.eval()
+    loss_meter, file_ids, probs, targets_seen = AverageMeter(), [], [], []
+    for images, targets, ids in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not settings.progress):
+        images, targets = _to_device(images, targets, device, settings.channels_last)
+        with autocast(device, settings.dtype):
+            logits = model(images)
+        if criterion is not None:
+            loss_meter.update(criterion(logits, targets).item(), len(images))
+        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+        targets_seen.append(targets.cpu())
+        file_ids.extend(ids)
+    return Predictions(file_ids, torch.cat(probs).numpy(), torch.cat(targets_seen).numpy(), loss_meter.average)
+
+
+def validate_epoch(model: nn.Module, loader, criterion: nn.Module, device: torch.device, epoch: int,
+                   settings: LoopSettings | None = None) -> dict[str, float]:
+    """Loss and every metric on `loader`, keys prefixed with 'val_'."""
+    settings = settings or LoopSettings()
+    result = predict_batches(model, loader, device, settings, criterion, desc=f"epoch {epoch} val")
+    metrics = compute_all_metrics(result.targets, result.probs.argmax(-1), result.probs,
+                                  ahf_low=settings.ahf_low, ahf_high=settings.ahf_high)
+    return {"epoch": epoch, "val_loss": result.loss, **{f"val_{k}": v for k, v in metrics.items()}}
+

@@ -1,0 +1,54 @@
+"""Checkpoints: plain dicts of state dicts, numbers and the config text, written atomically and
+read with torch.load(weights_only=True), so loading one never runs code."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from src.utils.errors import CheckpointError
+from src.utils.io import atomic_write_with
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` (must include 'model', 'arch' and 'config') to `path` atomically."""
+    atomic_write_with(path, lambda handle: torch.save({"format": CHECKPOINT_FORMAT, **state}, handle))
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable CSI-Predictor checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not {"model", "arch", "config"} <= set(state):
+        raise CheckpointError(f"{path}: not a CSI-Predictor checkpoint (no model/arch/config entries)")
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights into `model`; refuse one of another architecture.
+
+    Returns the whole checkpoint dict (epoch, metrics, config text, ...).
+    """
+    state = read_checkpoint(path)
+    arch = getattr(model, "arch_name", None)
+    if arch is not None and state["arch"] != arch:
+        raise CheckpointError(
+            f"{path}: checkpoint is a {state['arch']} model, not {arch}; set [Model] model_arch = "
+            f"{state['arch']} or pick another checkpoint"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+    return state

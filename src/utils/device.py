@@ -1,0 +1,56 @@
+"""Where and in which arithmetic to run: device, autocast dtype, memory format."""
+
+from __future__ import annotations
+
+import contextlib
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from src.utils.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; an unavailable explicit device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"[Training] device = {name}: no CUDA device is available; use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("[Training] device = mps: MPS is not available here; use auto or cpu")
+    return torch.device(name)
+
+
+@lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with AMX or AVX-512-BF16, where oneDNN runs bf16 convolutions natively."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Autocast dtype for `precision` on `device` (float32 means no autocast)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            fast = torch.cuda.get_device_capability(device)[0] >= 8
+        else:
+            fast = device.type == "cpu" and cpu_has_fast_bf16()
+        return torch.bfloat16 if fast else torch.float32
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"[Training] precision = fp16 needs a CUDA device (got {device.type}); use bf16 or fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def use_channels_last(setting: str, dtype: torch.dtype) -> bool:
+    return setting == "true" or (setting == "auto" and dtype != torch.float32)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast context for `dtype`, or a no-op for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
