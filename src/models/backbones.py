@@ -16,7 +16,6 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision
-from loguru import logger
 from torch import nn
 from torchvision.models import (
     DenseNet121_Weights,
@@ -113,32 +112,35 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
+def _reason(exc: Exception) -> str:
+    """First line of an exception's message (some are empty or span pages)."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     where = f"[Model] pretrained_path = {path}"
     if not Path(path).is_file():
         raise ConfigError(f"{where}: file not found; give a state dict saved with torch.save, or leave it empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling errors come in many types; all mean "not a state dict"
-        raise ConfigError(f"{where}: cannot be read as a state dict ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling fails in many types; all mean "not a state dict"
+        raise ConfigError(f"{where}: cannot be read as a state dict ({_reason(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{where}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
     return state
 
 
 def _imagenet_state_dict(name: str, weights: WeightsEnum) -> dict[str, torch.Tensor]:
-    """State dict of torchvision's RGB model with `weights`, from the hub cache or downloaded."""
+    """State dict of torchvision's RGB model with `weights`, from the hub cache, else downloaded there."""
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     file = cache / Path(urlparse(weights.url).path).name
-    if not file.is_file():
-        logger.info(f"{weights} not in {cache}: downloading {weights.url}")
     try:
         return torchvision.models.get_model(name, weights=weights, progress=False).state_dict()
-    except Exception as exc:  # no network, refused proxy, bad hash, truncated file: same remedy
+    except Exception as exc:  # noqa: BLE001 - no network, refused proxy, bad hash, truncated file: one remedy
         problem = "cannot be loaded" if file.is_file() else "is missing and could not be downloaded"
         raise ConfigError(
             f"[Model] pretrained = true: ImageNet weights {weights} for {name}: {file} {problem} "
-            f"({str(exc).splitlines()[0]}); set [Model] pretrained = false, or pretrained_path = FILE.pth "
+            f"({_reason(exc)}); set [Model] pretrained = false, or pretrained_path = FILE.pth "
             f"(a local state dict), or put {file.name} in {cache}"
         ) from None
 
@@ -161,7 +163,7 @@ def _load(backbone: nn.Module, state: dict[str, torch.Tensor], where: str, image
             f"(of {len(missing)}), unexpected {unexpected[:3]} (of {len(unexpected)})"
         )
     for k, v in state.items():
-        if v.ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:  # RGB first conv
+        if v.ndim == own[k].ndim == 4 and v.shape[1] == 3 and own[k].shape[1] == 1:  # RGB first conv
             state[k] = v.sum(dim=1, keepdim=True)
     wrong = [k for k in own if state[k].shape != own[k].shape]
     if wrong:

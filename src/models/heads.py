@@ -1,0 +1,49 @@
+"""Zone head: from a backbone feature map to one set of logits per lung zone."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.zones import ZONES
+from src.utils.errors import ConfigError
+
+GRID = (3, 2)  # rows: sup, mid, inf from the top of the image; columns: image left, image right
+
+# The cell of the GRID each zone reads with regional pooling. On a frontal radiograph the
+# patient's right lung lies on the image's left, so right_* zones read column 0.
+ZONE_CELLS = {
+    "right_sup": (0, 0),
+    "left_sup": (0, 1),
+    "right_mid": (1, 0),
+    "left_mid": (1, 1),
+    "right_inf": (2, 0),
+    "left_inf": (2, 1),
+}
+POOLINGS = ("global", "regional")
+
+
+class ZoneHead(nn.Module):
+    """One dropout + linear classifier per zone: [B, C, h, w] -> logits [B, 6, num_classes].
+
+    global: every classifier sees the average of the whole map; regional: the map is
+    average-pooled to the 3x2 GRID and each classifier sees its zone's cell only.
+    """
+
+    def __init__(self, channels: int, num_classes: int = 5, dropout: float = 0.5, pooling: str = "global"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"[Model] zone_pooling = {pooling!r} is not allowed: expected one of {', '.join(POOLINGS)}")
+        self.pooling = pooling
+        self.classifiers = nn.ModuleList(
+            nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes)) for _ in ZONES
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "regional":
+            cells = F.adaptive_avg_pool2d(features, GRID)
+            inputs = [cells[:, :, row, col] for row, col in (ZONE_CELLS[zone] for zone in ZONES)]
+        else:
+            inputs = [features.mean(dim=(2, 3))] * len(ZONES)
+        return torch.stack([classify(x) for classify, x in zip(self.classifiers, inputs)], dim=1)
