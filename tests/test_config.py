@@ -131,4 +131,28 @@ def test_shipped_config_documents_every_key_and_is_in_sync():
     assert path.read_text() == render_ini(cfg, SHIPPED_HEADER), "run scripts/update_config.py"
     text = path.read_text().lower()
     for dotted in all_keys():
-        assert f"\n{dotted.split('.')[1]} = " in text, dotted
+        if dotted != "Hyperopt.search_space":
+            assert f"\n{dotted.split('.')[1]} = " in text, dotted
+    for searched, spec in cfg.hyperopt.search_space:
+        assert f"\n{searched} = {spec}".lower() in text
+
+
+def test_search_space_lines_replace_the_default(tmp_path):
+    path = write(tmp_path, "[Hyperopt]\nn_trials = 3\nTRAINING.Learning_Rate = loguniform(1e-4, 1e-2)\n")
+    cfg = load_config(path, env={})
+    assert cfg.hyperopt.search_space == (("Training.learning_rate", "loguniform(1e-4, 1e-2)"),)
+    cfg = load_config(path, ["Hyperopt.Model.dropout=uniform(0.1, 0.5)"], env={})
+    assert dict(cfg.hyperopt.search_space) == {"Training.learning_rate": "loguniform(1e-4, 1e-2)",
+                                               "Model.dropout": "uniform(0.1, 0.5)"}
+    assert load_config(write(tmp_path, ""), env={}).hyperopt.search_space == Config().hyperopt.search_space
+    assert apply_overrides(cfg, {"Training.seed": 1}).hyperopt.search_space == cfg.hyperopt.search_space
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("Training.learnin_rate = uniform(0, 1)", "did you mean 'learning_rate'"),
+    ("Trainng.learning_rate = uniform(0, 1)", "did you mean 'Training'"),
+    ("Hyperopt.n_trials = int(1, 5)", "cannot be searched"),
+])
+def test_search_space_keys_must_exist(tmp_path, line, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, f"[Hyperopt]\n{line}\n"), env={})

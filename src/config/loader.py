@@ -14,7 +14,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from src.config.schema import Config, section_fields, section_names
+from src.config.schema import (
+    SEARCH_SPACE_FIELD,
+    SEARCH_SPACE_SECTION,
+    Config,
+    is_search_space_entry,
+    section_fields,
+    section_names,
+)
 from src.utils.errors import ConfigError
 
 ENV_PREFIX = "CSI_"
@@ -43,7 +50,13 @@ def _canonical_section(name: str, origin: str) -> str:
 def _canonical_key(section: str, name: str, origin: str) -> str:
     fields = section_fields(section)
     name = name.strip().lower()
-    if name not in fields:
+    if is_search_space_entry(section, name):
+        target_section, _, target_key = name.partition(".")
+        target_section = _canonical_section(target_section, f"{origin} search-space line '{name}'")
+        if target_section == SEARCH_SPACE_SECTION:
+            raise ConfigError(f"{origin}: search-space line '{name}': [Hyperopt] keys cannot be searched")
+        return f"{target_section}.{_canonical_key(target_section, target_key, f'{origin} search-space line')}"
+    if name not in fields or name == SEARCH_SPACE_FIELD and section == SEARCH_SPACE_SECTION:
         raise ConfigError(
             f"{origin}: unknown key '{name}' in [{section}]{_did_you_mean(name, list(fields))}; "
             f"keys are {', '.join(fields)}"
@@ -205,8 +218,12 @@ def build_config(raw: Mapping[tuple[str, str], tuple[Any, str]]) -> Config:
         kwargs = {
             name: parse_value(fields[name], value, origin)
             for (sec, name), (value, origin) in raw.items()
-            if sec == section
+            if sec == section and not is_search_space_entry(sec, name)
         }
+        space = tuple((name, str(value).strip()) for (sec, name), (value, _) in raw.items()
+                      if sec == section and is_search_space_entry(sec, name))
+        if space:
+            kwargs[SEARCH_SPACE_FIELD] = space
         section_type = type(getattr(Config(), section.lower()))
         sections[section.lower()] = section_type(**kwargs)
     return Config(**sections)
@@ -252,7 +269,9 @@ def apply_overrides(cfg: Config, values: Mapping[str, Any], origin: str = "overr
         (section, name): (getattr(getattr(cfg, section.lower()), name), f"{origin} {section}.{name}")
         for section in section_names()
         for name in section_fields(section)
+        if not (section == SEARCH_SPACE_SECTION and name == SEARCH_SPACE_FIELD)
     }
+    raw.update({(SEARCH_SPACE_SECTION, name): (spec, origin) for name, spec in cfg.hyperopt.search_space})
     for dotted, value in values.items():
         section, name, _ = parse_assignment(f"{dotted}=", origin)
         raw[(section, name)] = (value, f"{origin} {section}.{name}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from src.config.loader import describe_allowed
-from src.config.schema import Config, section_fields, section_names
+from src.config.schema import SEARCH_SPACE_FIELD, SEARCH_SPACE_SECTION, Config, section_fields, section_names
 
 SHIPPED_HEADER = """CSI-Predictor configuration.
 
@@ -26,6 +26,13 @@ def format_value(value: object) -> str:
     return str(value).replace("$", "$$")
 
 
+def _doc(fld) -> str:
+    if fld.name == SEARCH_SPACE_FIELD:
+        return fld.metadata["help"]
+    default = format_value(fld.default)
+    return f"{fld.metadata['help']} Allowed: {describe_allowed(fld)}. Default: {default or '(empty)'}."
+
+
 def render_ini(cfg: Config, header: str = "", documented: bool = True) -> str:
     """INI text holding every key of `cfg`; with `documented`, each key is preceded by its help."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
@@ -35,8 +42,10 @@ def render_ini(cfg: Config, header: str = "", documented: bool = True) -> str:
         lines.append(f"[{section}]")
         for name, fld in section_fields(section).items():
             if documented:
-                default = format_value(fld.default)
-                doc = f"{fld.metadata['help']} Allowed: {describe_allowed(fld)}. Default: {default or '(empty)'}."
-                lines.extend(textwrap.wrap(doc, 88, initial_indent="# ", subsequent_indent="#   "))
-            lines.append(f"{name} = {format_value(getattr(getattr(cfg, section.lower()), name))}")
+                lines.extend(textwrap.wrap(_doc(fld), 88, initial_indent="# ", subsequent_indent="#   "))
+            value = getattr(getattr(cfg, section.lower()), name)
+            if section == SEARCH_SPACE_SECTION and name == SEARCH_SPACE_FIELD:
+                lines.extend(f"{key} = {spec}" for key, spec in value)
+            else:
+                lines.append(f"{name} = {format_value(value)}")
     return "\n".join(lines) + "\n"

@@ -212,6 +212,48 @@ class LoggingConfig:
     wandb_entity: str = key("", "Weights & Biases entity (user or team); empty: your default.")
 
 
+DEFAULT_SEARCH_SPACE = (
+    ("Training.learning_rate", "loguniform(1e-5, 1e-2)"),
+    ("Training.batch_size", "choice(8, 16, 32, 64)"),
+    ("Optimization.optimizer", "choice(adam, adamw, sgd)"),
+    ("Optimization.weight_decay", "loguniform(1e-6, 1e-2)"),
+    ("Model.dropout", "uniform(0.1, 0.7)"),
+    ("Model.model_arch", "choice(resnet50, densenet121, custom_cnn)"),
+    ("Loss.unknown_weight", "uniform(0.1, 1.0)"),
+    ("Optimization.scheduler", "choice(reduce_lr_on_plateau, cosine, step)"),
+)
+
+
+@dataclass(frozen=True)
+class HyperoptConfig:
+    n_trials: int = key(20, "Trials to run in this invocation (an interrupted study continues).", min=1,
+                        flag="--n-trials")
+    timeout: float = key(0.0, "Stop starting new trials after this many seconds; 0: no limit.", min=0,
+                         flag="--timeout")
+    study_name: str = key("csi_hyperopt", "Study name; the same name continues the same study.",
+                          flag="--study-name")
+    storage: str = key(
+        "", "Optuna storage URL (sqlite:///f.db, postgresql://user:pw@host/db, ...) shared by workers; "
+        "empty: a journal file under logs/hyperopt/.", flag="--storage")
+    sampler: str = key("tpe", "Search algorithm.", choices=("tpe", "random", "cmaes", "gp", "grid", "qmc"),
+                       flag="--sampler")
+    pruner: str = key("median", "Stops unpromising trials early, from their per-epoch metric.",
+                      choices=("median", "hyperband", "successive_halving", "none"), flag="--pruner")
+    max_epochs: int = key(10, "Epoch budget of each trial (train-optimized uses [Training] n_epochs).",
+                          min=1, flag="--max-epochs")
+    n_jobs: int = key(1, "Trials run in parallel threads of this process.", min=1, flag="--n-jobs")
+    metric: str = key("val_f1_macro", "Validation metric to optimise (any validation history key).")
+    direction: str = key("maximize", "Whether the metric should go up or down.",
+                         choices=("maximize", "minimize"))
+    output_dir: str = key("models/hyperopt", "Where <study>/best_params.json, trials.csv and plots go.")
+    search_space: tuple = key(
+        DEFAULT_SEARCH_SPACE,
+        "Search space, one line per searched key: Section.key = loguniform(a, b) | uniform(a, b) | "
+        "int(a, b) | int(a, b, step) | uniform(a, b, step) | choice(v1, v2, ...). Any key may be "
+        "searched; lines given here (or with --set Hyperopt.Section.key=...) replace the default space.",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; `cfg.training.batch_size` and friends."""
@@ -224,6 +266,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    hyperopt: HyperoptConfig = field(default_factory=HyperoptConfig)
 
 
 def section_names() -> list[str]:
@@ -240,3 +283,11 @@ def section_fields(section: str) -> dict[str, dataclasses.Field]:
 def all_keys() -> list[str]:
     """Every key as 'Section.key'."""
     return [f"{s}.{k}" for s in section_names() for k in section_fields(s)]
+
+
+SEARCH_SPACE_SECTION, SEARCH_SPACE_FIELD = "Hyperopt", "search_space"
+
+
+def is_search_space_entry(section: str, name: str) -> bool:
+    """[Hyperopt] lines named like 'Section.key' declare the search space rather than a setting."""
+    return section == SEARCH_SPACE_SECTION and "." in name

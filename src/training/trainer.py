@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +60,14 @@ def _checkpoint_state(model, cfg_text: str, epoch: int, metrics: dict, optimizer
     }
 
 
-def train_model(cfg: Config, data: DataBundle | None = None) -> TrainResult:
-    """Train per `cfg` in a new run directory; `data` lets callers (hyperopt) reuse loaded data."""
+def train_model(cfg: Config, data: DataBundle | None = None,
+                on_epoch_end: Callable[[int, dict], None] | None = None, provenance: str = "") -> TrainResult:
+    """Train per `cfg` in a new run directory.
+
+    `data` lets callers (hyperopt) reuse loaded data; `on_epoch_end(epoch, metrics)` is called after
+    each epoch's checkpoints are written and may raise to stop training (e.g. optuna.TrialPruned);
+    `provenance` is added to the header of the run's config.ini (e.g. which values a study chose).
+    """
     seed_everything(cfg.training.seed)
     device = resolve_device(cfg.training.device)
     dtype = resolve_precision(cfg.training.precision, device)
@@ -87,7 +94,8 @@ def train_model(cfg: Config, data: DataBundle | None = None) -> TrainResult:
                             mode, cfg.callbacks.restore_best_weights)
 
     run_dir = create_run_dir(cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
-    cfg_text = render_ini(cfg, f"Resolved configuration of run {run_dir.name}", documented=False)
+    header = f"Resolved configuration of run {run_dir.name}" + (f"\n{provenance}" if provenance else "")
+    cfg_text = render_ini(cfg, header, documented=False)
     atomic_write_text(run_dir / "config.ini", cfg_text)
     atomic_write_with(run_dir / "split.csv", lambda h: data.split_table().to_csv(h, index=False), binary=False)
     logger.info(f"Run {run_dir}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
@@ -119,6 +127,8 @@ def train_model(cfg: Config, data: DataBundle | None = None) -> TrainResult:
                     f"{train_metrics['images_per_second']:.1f} img/s")
         should_stop = stopper.step(value, epoch, model)
         step_scheduler(scheduler, value)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {**train_metrics, **val_metrics})
         if should_stop:
             logger.info(f"Early stopping: no {monitor} improvement for {stopper.bad_epochs} epochs")
             break
