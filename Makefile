@@ -24,7 +24,7 @@ $(DEMO): | $(STAMP)
 demo: $(DEMO)
 
 train: demo
-	$(PY) main.py --mode check
+	$(PY) main.py --mode train
 
 test: install
 	$(PY) -m pytest -q

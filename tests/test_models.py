@@ -108,7 +108,8 @@ def test_pretrained_path_of_another_architecture_names_the_keys(tmp_path):
     cnn, _ = get_backbone("custom_cnn")
     path = tmp_path / "cnn.pth"
     torch.save(cnn.state_dict(), path)
-    with pytest.raises(ConfigError, match=r"cnn\.pth.*missing \['features\.conv0\.weight'.*unexpected \['0\.0\.weight'"):
+    expected = r"cnn\.pth.*missing \['features\.conv0\.weight'.*unexpected \['0\.0\.weight'"
+    with pytest.raises(ConfigError, match=expected):
         get_backbone("densenet121", pretrained_path=str(path))
 
 

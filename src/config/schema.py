@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+
 def key(
     default: Any,
     help: str,
@@ -153,7 +154,8 @@ class CallbacksConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    labels_csv: str = key("data/labels.csv", "Labels CSV: FileID + six zone columns (+ optional csi, PatientID, split, path).")
+    labels_csv: str = key(
+        "data/labels.csv", "Labels CSV: FileID + six zone columns (+ optional csi, PatientID, split, path).")
     image_dir: str = key("data/images", "Directory holding the image files named by FileID.")
     image_extension: str = key(
         "",

@@ -34,7 +34,8 @@ class ZoneHead(nn.Module):
     def __init__(self, channels: int, num_classes: int = 5, dropout: float = 0.5, pooling: str = "global"):
         super().__init__()
         if pooling not in POOLINGS:
-            raise ConfigError(f"[Model] zone_pooling = {pooling!r} is not allowed: expected one of {', '.join(POOLINGS)}")
+            raise ConfigError(
+                f"[Model] zone_pooling = {pooling!r} is not allowed: expected one of {', '.join(POOLINGS)}")
         self.pooling = pooling
         self.classifiers = nn.ModuleList(
             nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes)) for _ in ZONES

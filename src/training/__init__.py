@@ -1,0 +1,1 @@
+"""Training: loss, metrics, optimiser and scheduler, callbacks and the functional loop."""

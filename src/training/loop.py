@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,6 +100,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     skipped, images_seen, started = 0, 0, time.perf_counter()
     accumulation, n_batches = settings.grad_accumulation, len(loader)
     optimizer.zero_grad(set_to_none=True)
+    group_has_gradient = False
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
     for index, (images, targets, _) in enumerate(bar):
         images, targets = _to_device(images, targets, device, settings.channels_last)
@@ -114,18 +114,20 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
             scaled = loss / group_size
             (settings.scaler.scale(scaled) if settings.scaler else scaled).backward()
             loss_meter.update(loss.item(), len(images))
+            group_has_gradient = True
         else:
             skipped += 1
             _record_nonfinite(settings, epoch)
-            optimizer.zero_grad(set_to_none=True)
-        if index + 1 == group_start + group_size:
-            norm = _optimizer_step(model, optimizer, settings)
-            if math.isnan(norm):
-                skipped += 1
-                _record_nonfinite(settings, epoch)
-            else:
-                settings.nonfinite_streak = 0
-                norm_meter.update(norm)
+        if index + 1 == group_start + group_size:  # last batch of an accumulation group
+            if group_has_gradient:
+                norm = _optimizer_step(model, optimizer, settings)
+                if math.isnan(norm):
+                    skipped += 1
+                    _record_nonfinite(settings, epoch)
+                else:
+                    settings.nonfinite_streak = 0
+                    norm_meter.update(norm)
+            group_has_gradient = False
         predictions.append(logits.detach().argmax(-1).cpu())
         targets_seen.append(targets.cpu())
         images_seen += len(images)

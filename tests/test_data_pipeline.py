@@ -1,0 +1,105 @@
+"""The decoded-image cache and load_data: reuse, invalidation, no re-decoding, bad files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src.config.loader import load_config
+from src.data.cache import CacheSettings, build_cache
+from src.data.load import load_data
+from src.utils.errors import DataError
+from tests.conftest import write_config, write_png_dataset
+
+SETTINGS = CacheSettings(image_size=16, resize_mode="plain", clip_low_percentile=0.5,
+                         clip_high_percentile=99.5, dtype="uint16")
+
+
+def config_for(tmp_path: Path, data_root: Path, **data_keys):
+    return load_config(write_config(tmp_path / "config" / "config.ini", data_root, Data=data_keys), env={})
+
+
+def image_paths(root: Path) -> list[Path]:
+    return sorted((root / "images").glob("*.png"))
+
+
+def test_cache_is_reused_and_never_redecodes(tiny_dataset, tmp_path):
+    paths = image_paths(tiny_dataset)
+    first = build_cache(paths, SETTINGS, tmp_path / "cache")
+    assert not first.hit and first.images.shape == (len(paths), 16, 16) and first.images.dtype == np.uint16
+    original = np.array(first.images)
+    # Overwrite every file with garbage of the same size and mtime: a re-decode would fail or differ.
+    for path in paths:
+        stat = path.stat()
+        path.write_bytes(b"\0" * stat.st_size)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = build_cache(paths, SETTINGS, tmp_path / "cache")
+    assert second.hit and second.path == first.path and not second.failures
+    np.testing.assert_array_equal(second.images, original)
+
+
+def test_changed_file_or_setting_makes_a_new_cache(tiny_dataset, tmp_path):
+    paths = image_paths(tiny_dataset)
+    first = build_cache(paths, SETTINGS, tmp_path / "cache")
+    other_size = build_cache(paths, CacheSettings(**{**SETTINGS.__dict__, "image_size": 8}), tmp_path / "cache")
+    assert not other_size.hit and other_size.path != first.path and other_size.images.shape[1:] == (8, 8)
+    stat = paths[0].stat()
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    touched = build_cache(paths, SETTINGS, tmp_path / "cache")
+    assert not touched.hit and touched.path != first.path
+    np.testing.assert_array_equal(touched.images, first.images)
+
+
+def test_parallel_build_matches_serial(tmp_path):
+    scores = np.random.default_rng(0).integers(0, 5, (70, 6))
+    root = tmp_path / "many"
+    write_png_dataset(root, scores, size=24)
+    paths = image_paths(root)
+    (paths[3]).write_bytes(b"not a png")
+    parallel = build_cache(paths, SETTINGS, tmp_path / "parallel", workers=2)
+    serial = build_cache(paths, SETTINGS, tmp_path / "serial", workers=1)
+    np.testing.assert_array_equal(parallel.images, serial.images)
+    assert set(parallel.failures) == set(serial.failures) == {3}
+    assert not any((tmp_path / "parallel").glob("*.partial"))
+
+
+def test_dataset_items(tiny_dataset, tmp_path):
+    bundle = load_data(config_for(tmp_path, tiny_dataset, normalization="simple"))
+    train = bundle.dataset("train")
+    image, labels, file_id = train[0]
+    assert image.shape == (1, 32, 32) and image.dtype == torch.float32
+    assert -1.0 <= image.min() and image.max() <= 1.0  # simple: (x - 0.5) / 0.5
+    assert labels.dtype == torch.long and labels.shape == (6,)
+    row = bundle.table.set_index("FileID").loc[file_id]
+    assert labels.tolist() == [int(row[z]) for z in ("right_sup", "left_sup", "right_mid", "left_mid",
+                                                       "right_inf", "left_inf")]
+    assert sum(len(bundle.dataset(s)) for s in ("train", "val", "test")) == 24
+    # Patient-grouped: both images of a patient land in the same split.
+    assert (bundle.table.groupby("PatientID")["split"].nunique() == 1).all()
+
+
+def test_missing_and_corrupt_images_error_or_skip(tiny_dataset, tmp_path):
+    (tiny_dataset / "images" / "1003.png").unlink()
+    (tiny_dataset / "images" / "1007.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with pytest.raises(DataError) as err:
+        load_data(config_for(tmp_path, tiny_dataset))
+    message = str(err.value)
+    assert "2 image(s)" in message and "1003" in message and "1007" in message and "on_missing = skip" in message
+    bundle = load_data(config_for(tmp_path, tiny_dataset, on_missing="skip"))
+    assert sorted(bundle.skipped["FileID"]) == ["1003", "1007"]
+    assert len(bundle.table) == 22 and not {"1003", "1007"} & set(bundle.table["FileID"])
+
+
+def test_saved_split_is_reused(tiny_dataset, tmp_path):
+    cfg = config_for(tmp_path, tiny_dataset)
+    bundle = load_data(cfg)
+    split_csv = tmp_path / "split.csv"
+    bundle.split_table().to_csv(split_csv, index=False)
+    other_seed = load_config(write_config(tmp_path / "config" / "config.ini", tiny_dataset,
+                                          Training={"seed": 99}), env={})
+    again = load_data(other_seed, split_csv=split_csv)
+    assert again.table.set_index("FileID")["split"].equals(bundle.table.set_index("FileID")["split"])
