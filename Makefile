@@ -34,3 +34,6 @@ lint: install
 
 clean:
 	rm -rf $(VENV) data/cache
+
+bench: install
+	$(PY) scripts/bench.py

@@ -9,11 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from src.config.loader import load_config  # noqa: E402
-from src.config.render import SHIPPED_HEADER, render_ini  # noqa: E402
-from src.utils.io import atomic_write_text  # noqa: E402
+from src.config.loader import load_config
+from src.config.render import SHIPPED_HEADER, render_ini
+from src.utils.io import atomic_write_text
 
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "config/config.ini")

@@ -15,7 +15,7 @@ from src.models.factory import build_model
 from src.training.callbacks import EarlyStopping, MetricsTracker, resolve_mode
 from src.training.loop import LoopSettings, TrainingDiverged, train_epoch
 from src.training.loss import WeightedCSILoss
-from src.training.optimizer import create_optimizer, create_scheduler, step_scheduler
+from src.training.optimizer import create_optimizer, create_scheduler
 from src.training.trainer import train_model
 from src.utils.checkpoint import load_checkpoint, save_checkpoint
 from src.utils.errors import CheckpointError
@@ -61,11 +61,11 @@ def test_plateau_scheduler_follows_the_metric_direction():
     cfg = apply_overrides(load_config(None, env={}), {"Optimization.patience": 0, "Optimization.factor": 0.5})
     model = nn.Linear(2, 2)
     optimizer = create_optimizer(model, cfg)
-    scheduler = create_scheduler(optimizer, cfg, resolve_mode("val_f1_macro"))
+    schedule = create_scheduler(optimizer, cfg, resolve_mode("val_f1_macro"))
     for value in (0.1, 0.2, 0.3):  # an accuracy going up must never cut the LR
-        step_scheduler(scheduler, value)
+        schedule.step_epoch(value)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
-    step_scheduler(scheduler, 0.3)
+    schedule.step_epoch(0.3)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0005)
 
 
@@ -75,6 +75,8 @@ def test_no_weight_decay_on_biases_and_norms():
     groups = create_optimizer(model, cfg).param_groups
     assert [len(g["params"]) for g in groups] == [1, 3]
     assert groups[0]["weight_decay"] == cfg.optimization.weight_decay and groups[1]["weight_decay"] == 0
+    everything = create_optimizer(model, apply_overrides(cfg, {"Optimization.no_decay_norm_bias": False}))
+    assert [len(g["params"]) for g in everything.param_groups] == [4]
 
 
 def test_checkpoint_round_trip_and_architecture_check(tmp_path):

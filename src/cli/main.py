@@ -21,6 +21,10 @@ MODES: dict[str, tuple[str, str]] = {
     "both": ("src.cli.evaluate:run_both", "train, then evaluate the new run"),
     "predict": ("src.cli.predict:run_predict",
                 "score new images: --input DIR|CSV --output FILE.csv [--checkpoint FILE | --run DIR]"),
+    "hyperopt": ("src.cli.hyperopt:run_hyperopt",
+                 "search hyperparameters with Optuna ([Hyperopt]; --n-trials, --storage, ...)"),
+    "train-optimized": ("src.cli.hyperopt:run_train_optimized",
+                        "train with the best hyperparameters: --hyperparams best_params.json | --study-name"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
 }
@@ -28,11 +32,12 @@ MODES: dict[str, tuple[str, str]] = {
 
 def _schema_flags(command):
     """Add a dedicated flag for each schema key that declares one (e.g. --epochs)."""
-    for section in section_names():
-        for name, fld in section_fields(section).items():
-            if fld.metadata["flag"]:
-                command = click.option(fld.metadata["flag"], f"{section}__{name}", default=None,
-                                       help=f"[{section}] {name}: {fld.metadata['help']}")(command)
+    flagged = [(section, name, fld) for section in section_names()
+               for name, fld in section_fields(section).items() if fld.metadata["flag"]]
+    for section, name, fld in reversed(flagged):  # decorators apply bottom-up; keep schema order
+        metavar = "|".join(fld.metadata["choices"] or ()) or {"int": "INT", "float": "NUMBER"}.get(fld.type, "TEXT")
+        command = click.option(fld.metadata["flag"], f"{section}__{name}", default=None, metavar=metavar,
+                               help=f"[{section}] {name}: {fld.metadata['help']}")(command)
     return command
 
 
@@ -52,6 +57,13 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(dir_okay=False), help="predict: CSV to write (default predictions.csv).")
+@click.option("--resume", type=click.Path(exists=True),
+              help="train: continue a run in place from RUN_DIR (its last_model.pth) or a checkpoint.")
+@click.option("--fast-dev-run", is_flag=True, help="train: one batch of train and val, nothing written.")
+@click.option("--overfit-batches", type=click.IntRange(min=1), metavar="N",
+              help="train: fit and validate on the first N training batches (debugging).")
+@click.option("--hyperparams", type=click.Path(dir_okay=False),
+              help="train-optimized: best_params.json written by hyperopt.")
 @_schema_flags
 def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str, **options: Any) -> None:
     """Train, tune and evaluate models that score chest X-rays with the 6-zone CSI."""

@@ -10,14 +10,17 @@ from typing import Any
 import click
 
 from src.config.schema import Config
-from src.training.trainer import TrainResult, train_model
+from src.training.trainer import DebugRun, TrainResult, resume_checkpoint, train_model
+from src.utils.checkpoint import checkpoint_config, read_checkpoint
 
 REPORTED = ("val_loss", "val_f1_macro", "val_f1_weighted", "val_accuracy", "val_qwk", "val_csi_mae",
             "val_csi_pearson", "val_ahf_accuracy", "val_unknown_pred_rate")
 
 
 def report(result: TrainResult) -> None:
-    click.echo(f"Run directory  {result.run_dir}")
+    if not result.is_main:
+        return
+    click.echo(f"Run directory  {result.run_dir or '(none: fast dev run)'}")
     click.echo(f"Best epoch     {result.best_epoch}")
     for name in REPORTED:
         if name in result.best_metrics:
@@ -25,7 +28,14 @@ def report(result: TrainResult) -> None:
 
 
 def run_train(cfg: Config, options: dict[str, Any]) -> TrainResult:
-    result = train_model(cfg)
+    debug = DebugRun(fast_dev_run=bool(options.get("fast_dev_run")),
+                     overfit_batches=options.get("overfit_batches") or 0)
+    resume = options.get("resume")
+    if resume:
+        # A resumed run keeps the settings it started with; only where/how to compute may change.
+        checkpoint = resume_checkpoint(resume)
+        cfg = checkpoint_config(read_checkpoint(checkpoint), cfg, checkpoint)
+    result = train_model(cfg, resume=resume, debug=debug)
     report(result)
     return result
 

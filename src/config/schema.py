@@ -69,6 +69,7 @@ class TrainingConfig:
         1, "Batches whose gradients are summed before each optimizer step (effective batch = "
         "batch_size x this).", min=1)
     max_grad_norm: float = key(0.0, "Clip the gradient norm to this; 0 disables clipping.", min=0)
+    compile: bool = key(False, "torch.compile the model (faster steps after a slow first one).")
     max_nonfinite_steps: int = key(
         10, "Steps with a non-finite loss or gradient are skipped; this many in a row stop training.",
         min=1)
@@ -107,30 +108,84 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimizationConfig:
-    optimizer: str = key("adam", "Optimiser.", choices=("adam", "adamw", "sgd"))
-    weight_decay: float = key(0.0001, "L2 weight decay.", min=0)
-    momentum: float = key(0.9, "Momentum (sgd only).", min=0, max=1)
+    optimizer: str = key("adam", "Optimiser.", choices=("adam", "adamw", "sgd", "rmsprop"))
+    weight_decay: float = key(0.0001, "Weight decay.", min=0)
+    no_decay_norm_bias: bool = key(True, "Exempt biases and normalisation weights from weight decay.")
+    momentum: float = key(0.9, "Momentum (sgd and rmsprop).", min=0, max=1)
+    nesterov: bool = key(False, "Nesterov momentum (sgd).")
     scheduler: str = key(
         "reduce_lr_on_plateau",
-        "Learning-rate schedule.",
-        choices=("reduce_lr_on_plateau", "step", "cosine", "none"),
+        "Learning-rate schedule: reduce_lr_on_plateau (follows the monitored metric), step, "
+        "exponential, cosine, cosine_warm_restarts, onecycle (stepped every optimizer step), "
+        "warmup_cosine (linear warmup for warmup_epochs, then cosine) or none.",
+        choices=("reduce_lr_on_plateau", "step", "exponential", "cosine", "cosine_warm_restarts", "onecycle",
+                 "warmup_cosine", "none"),
     )
     patience: int = key(10, "reduce_lr_on_plateau: epochs without improvement before cutting.", min=0)
     factor: float = key(0.5, "reduce_lr_on_plateau and step: multiply the LR by this.", min=0,
                         max=1, min_exclusive=True)
     step_size: int = key(30, "step: epochs between LR cuts.", min=1)
-    min_lr: float = key(1e-7, "Lower bound of the learning rate for plateau and cosine.", min=0)
+    gamma: float = key(0.95, "exponential: multiply the LR by this every epoch.", min=0, max=1, min_exclusive=True)
+    restart_epochs: int = key(10, "cosine_warm_restarts: epochs of the first cycle (each next one is twice as long).",
+                              min=1)
+    warmup_epochs: int = key(1, "warmup_cosine: epochs of linear warmup; onecycle: their share sets pct_start.",
+                             min=0)
+    min_lr: float = key(1e-7, "Lowest learning rate of plateau and cosine schedules.", min=0)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     unknown_weight: float = key(
-        0.3, "Weight of the Unknown class (4) in the cross-entropy relative to the scores.", min=0
+        0.3, "Weight of the Unknown class (4) in the loss relative to the scores.", min=0
     )
+    loss: str = key(
+        "weighted_ce",
+        "weighted_ce: cross-entropy; focal: focal loss (focal_gamma); label_smoothing: cross-entropy "
+        "with smoothed targets (label_smoothing); ordinal: scores 0<1<2<3 as ordered (cumulative "
+        "logits), plus a known/Unknown head.",
+        choices=("weighted_ce", "focal", "label_smoothing", "ordinal"),
+    )
+    class_weights: str = key(
+        "none", "balanced: weight each zone's classes by inverse frequency in the training split.",
+        choices=("none", "balanced"))
+    focal_gamma: float = key(2.0, "focal: focusing exponent.", min=0)
+    label_smoothing: float = key(
+        0.1, "label_smoothing: share of a known score's target spread evenly over the scores 0-3 "
+        "(Unknown targets stay one-hot).", min=0, max=0.5)
+
+
+@dataclass(frozen=True)
+class DistillationConfig:
+    teacher_checkpoint: str = key(
+        "", "Checkpoint of a trained teacher run; when set, the configured model learns from its soft "
+        "targets too.")
+    temperature: float = key(4.0, "Softening temperature of teacher and student distributions.", min=0,
+                             min_exclusive=True)
+    alpha: float = key(0.7, "Weight of the distillation term; 1 - alpha weighs the label loss.", min=0, max=1)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    enabled: bool = key(True, "Augment training batches (never validation, test or prediction).")
+    rotation_degrees: float = key(5.0, "Random rotation within +/- this many degrees.", min=0, max=45)
+    scale: float = key(0.05, "Random zoom within 1 +/- this.", min=0, max=0.5)
+    translate: float = key(0.05, "Random shift within +/- this fraction of the image side.", min=0, max=0.5)
+    brightness: float = key(0.1, "Random brightness offset within +/- this.", min=0, max=1)
+    contrast: float = key(0.1, "Random contrast factor within 1 +/- this.", min=0, max=1)
+    gamma: float = key(0.1, "Random gamma within 1 +/- this.", min=0, max=0.9)
+    noise_std: float = key(0.01, "Standard deviation of added Gaussian noise (0..1 intensity units).", min=0,
+                           max=0.5)
+    erasing_probability: float = key(0.1, "Probability of erasing a random rectangle of an image.", min=0, max=1)
+    horizontal_flip: float = key(
+        0.0, "Probability of a horizontal flip, which also swaps the left and right zone labels (a "
+        "flipped chest has its right lung on the other side).", min=0, max=1)
 
 
 @dataclass(frozen=True)
 class CallbacksConfig:
+    save_top_k: int = key(
+        0, "Also keep the checkpoints of the best k epochs as checkpoint_epoch_<N>.pth; best_model.pth (the "
+        "best) and last_model.pth (the latest, to resume from) are always written.", min=0)
     early_stopping_patience: int = key(
         10, "Stop after this many epochs without improvement of the monitored metric (0 = never).",
         min=0,
@@ -212,6 +267,10 @@ class LoggingConfig:
     log_dir: str = key("logs", "Directory of the tool's own rotating log file.")
     wandb_project: str = key("", "Weights & Biases project; empty disables W&B.", flag="--wandb-project")
     wandb_entity: str = key("", "Weights & Biases entity (user or team); empty: your default.")
+    wandb_mode: str = key(
+        "auto", "auto: online when logged in to W&B, offline otherwise (sync later with `wandb sync`).",
+        choices=("auto", "online", "offline"))
+    tensorboard: bool = key(False, "Also write TensorBoard event files under the run's logs/ directory.")
 
 
 DEFAULT_SEARCH_SPACE = (
@@ -264,6 +323,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimization: OptimizationConfig = field(default_factory=OptimizationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.data.preprocess import from_storage
+from src.data.sampler import EpochBatchSampler
 
 
 class CSIDataset(Dataset):
@@ -35,9 +36,12 @@ class CSIDataset(Dataset):
         return image, self.labels[item], self.file_ids[item]
 
 
-def make_loader(dataset: CSIDataset, batch_size: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader whose shuffling depends on `seed` alone (same seed, same order)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                      generator=torch.Generator().manual_seed(seed) if shuffle else None)
+def make_loader(dataset: CSIDataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1, limit: int | None = None,
+                keep_all: bool = False) -> DataLoader:
+    """A DataLoader over this rank's part of seeded global batches (see EpochBatchSampler); call
+    `loader.batch_sampler.set_epoch(epoch)` before each epoch. `limit` keeps the first items only;
+    `keep_all` (evaluation) never drops a trailing batch."""
+    sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world_size, limit, keep_all)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0)

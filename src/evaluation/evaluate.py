@@ -9,27 +9,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from src.config.loader import apply_overrides, config_from_text, get_value
 from src.config.schema import Config
 from src.data.dataset import make_loader
 from src.data.load import load_data
 from src.data.zones import CLASS_NAMES, ZONES
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
-from src.models.factory import build_model
+from src.models.factory import load_trained_model
 from src.training.loop import LoopSettings, predict_batches
+from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
-from src.utils.checkpoint import load_checkpoint, read_checkpoint
 from src.utils.device import resolve_device, resolve_precision, use_channels_last
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_text, atomic_write_with
 from src.utils.run_dir import BEST, LAST, find_latest_run
-
-# Keys of the current config that apply when re-using a trained model: where and how to compute,
-# not what the model is or how its inputs were prepared (those come from the checkpoint).
-RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
-                "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
-                "Evaluation.ahf_high_threshold", "Evaluation.batch_size")
 
 
 def resolve_checkpoint(cfg: Config, run: str | None = None, checkpoint: str | None = None) -> Path:
@@ -43,19 +36,6 @@ def resolve_checkpoint(cfg: Config, run: str | None = None, checkpoint: str | No
     return path
 
 
-def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[torch.nn.Module, Config, dict]:
-    """The checkpoint's model on the configured device, and the config it was trained with
-    (with this config's runtime keys applied)."""
-    state = read_checkpoint(checkpoint)
-    trained_cfg = config_from_text(state["config"], f"{checkpoint} (embedded config)")
-    runtime = {key: get_value(cfg, key) for key in RUNTIME_KEYS}
-    # The weights come from the checkpoint: never fetch pretrained ones to build the model.
-    trained_cfg = apply_overrides(trained_cfg, {**runtime, "Model.pretrained": False, "Model.pretrained_path": ""})
-    model = build_model(trained_cfg)
-    load_checkpoint(model, checkpoint)
-    return model, trained_cfg, state
-
-
 def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, LoopSettings]:
     device = resolve_device(cfg.training.device)
     dtype = resolve_precision(cfg.training.precision, device)
@@ -63,7 +43,9 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return device, LoopSettings.from_config(cfg, dtype, channels_last)
+    settings = LoopSettings.from_config(cfg, dtype, channels_last)
+    settings.probabilities = probabilities_for(cfg.loss.loss)  # as the model was trained to output
+    return device, settings
 
 
 def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,

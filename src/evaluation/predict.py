@@ -15,8 +15,9 @@ from src.data.locate import locate_images
 from src.data.preprocess import normalization_stats
 from src.data.readers import SUPPORTED_EXTENSIONS, file_extension
 from src.data.zones import UNKNOWN, ZONES
-from src.evaluation.evaluate import load_trained_model, loop_settings
+from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
+from src.models.factory import load_trained_model
 from src.training.loop import predict_batches
 from src.utils.errors import DataError
 from src.utils.io import atomic_write_with

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.models.backbones import get_backbone
 from src.models.heads import ZoneHead
+from src.utils.checkpoint import checkpoint_config, load_checkpoint, read_checkpoint
 
 
 class CSIModel(nn.Module):
@@ -39,3 +43,15 @@ def build_model(cfg: Config) -> CSIModel:
     m = cfg.model
     backbone, channels = get_backbone(m.model_arch, m.pretrained, m.pretrained_path, cfg.data.image_size)
     return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, m.zone_pooling)
+
+
+def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[CSIModel, Config, dict]:
+    """A checkpoint's model (on the CPU) and the config it was trained with, with `cfg`'s runtime
+    keys (device, precision, ...) applied."""
+    state = read_checkpoint(checkpoint)
+    # The weights come from the checkpoint: never fetch pretrained ones to build the model.
+    trained_cfg = apply_overrides(checkpoint_config(state, cfg, checkpoint),
+                                  {"Model.pretrained": False, "Model.pretrained_path": ""})
+    model = build_model(trained_cfg)
+    load_checkpoint(model, checkpoint)
+    return model, trained_cfg, state

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,8 +14,10 @@ from tqdm import tqdm
 
 from src.config.schema import Config
 from src.training.callbacks import AverageMeter
+from src.training.loss import softmax_probabilities
 from src.training.metrics import compute_all_metrics
 from src.utils.device import autocast
+from src.utils.distributed import DistInfo, average_scalar, gather_objects
 from src.utils.errors import CSIError
 
 
@@ -33,9 +36,13 @@ class LoopSettings:
     max_nonfinite_steps: int = 10
     scaler: torch.amp.GradScaler | None = None
     batch_scheduler: object = None  # stepped after every optimizer step (e.g. OneCycleLR)
+    probabilities: Callable[[torch.Tensor], torch.Tensor] = softmax_probabilities  # logits -> class probs
+    augment: Callable | None = None  # (images, targets) -> (images, targets), training batches only
+    teacher: nn.Module | None = None  # knowledge distillation: its logits go to the criterion
     ahf_low: float = 1.3
     ahf_high: float = 2.2
     progress: bool = True
+    dist: DistInfo = field(default_factory=DistInfo)
     nonfinite_streak: int = field(default=0, repr=False)  # carried across epochs
 
     @classmethod
@@ -104,9 +111,15 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
     for index, (images, targets, _) in enumerate(bar):
         images, targets = _to_device(images, targets, device, settings.channels_last)
+        if settings.augment is not None:
+            images, targets = settings.augment(images, targets)
         with autocast(device, settings.dtype):
             logits = model(images)
-        loss = criterion(logits, targets)
+            if settings.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = settings.teacher(images).float()
+        extra = (teacher_logits,) if settings.teacher is not None else ()
+        loss = criterion(logits.float(), targets, *extra)  # the loss in fp32 whatever the autocast dtype
         group_start = index - index % accumulation
         group_size = min(accumulation, n_batches - group_start)
         if torch.isfinite(loss):
@@ -128,23 +141,25 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
                     settings.nonfinite_streak = 0
                     norm_meter.update(norm)
             group_has_gradient = False
-        predictions.append(logits.detach().argmax(-1).cpu())
+        predictions.append(settings.probabilities(logits.detach().float()).argmax(-1).cpu())
         targets_seen.append(targets.cpu())
         images_seen += len(images)
         bar.set_postfix(loss=f"{loss_meter.average:.4f}",
                         img_s=f"{images_seen / (time.perf_counter() - started):.1f}")
     elapsed = time.perf_counter() - started
-    metrics = compute_all_metrics(torch.cat(targets_seen).numpy(), torch.cat(predictions).numpy(),
+    # Metrics over every rank's batches, not this rank's share alone.
+    parts = gather_objects((torch.cat(targets_seen), torch.cat(predictions)), settings.dist)
+    metrics = compute_all_metrics(torch.cat([t for t, _ in parts]).numpy(), torch.cat([p for _, p in parts]).numpy(),
                                   ahf_low=settings.ahf_low, ahf_high=settings.ahf_high)
     return {
         "epoch": epoch,
-        "train_loss": loss_meter.average,
+        "train_loss": average_scalar(loss_meter.average, loss_meter.count, settings.dist),
         "train_f1_macro": metrics["f1_macro"],
         "train_accuracy": metrics["accuracy"],
         "lr": optimizer.param_groups[0]["lr"],
         "grad_norm": norm_meter.average,
         "skipped_steps": skipped,
-        "images_per_second": images_seen / elapsed if elapsed > 0 else math.nan,
+        "images_per_second": settings.dist.world_size * images_seen / elapsed if elapsed > 0 else math.nan,
         "epoch_seconds": elapsed,
     }
 
@@ -170,9 +185,11 @@ def predict_batches(model: nn.Module, loader, device: torch.device, settings: Lo
             logits = model(images)
         if criterion is not None:
             loss_meter.update(criterion(logits, targets).item(), len(images))
-        probs.append(torch.softmax(logits.float(), dim=-1).cpu())
+        probs.append(settings.probabilities(logits.float()).cpu())
         targets_seen.append(targets.cpu())
         file_ids.extend(ids)
+    if not file_ids:  # a rank whose share of the data is empty
+        return Predictions([], np.zeros((0, 6, 5), np.float32), np.zeros((0, 6), np.int64), float("nan"))
     return Predictions(file_ids, torch.cat(probs).numpy(), torch.cat(targets_seen).numpy(), loss_meter.average)
 
 
@@ -181,7 +198,14 @@ def validate_epoch(model: nn.Module, loader, criterion: nn.Module, device: torch
     """Loss and every metric on `loader`, keys prefixed with 'val_'."""
     settings = settings or LoopSettings()
     result = predict_batches(model, loader, device, settings, criterion, desc=f"epoch {epoch} val")
+    if settings.dist.enabled:  # each rank scored a disjoint share: metrics need all of them
+        parts = gather_objects(result, settings.dist)
+        count = sum(len(p.file_ids) for p in parts)
+        result = Predictions([f for p in parts for f in p.file_ids], np.concatenate([p.probs for p in parts]),
+                             np.concatenate([p.targets for p in parts]),
+                             sum(p.loss * len(p.file_ids) for p in parts if len(p.file_ids)) / max(count, 1))
     metrics = compute_all_metrics(result.targets, result.probs.argmax(-1), result.probs,
                                   ahf_low=settings.ahf_low, ahf_high=settings.ahf_high)
-    return {"epoch": epoch, "val_loss": result.loss, **{f"val_{k}": v for k, v in metrics.items()}}
+    return {"epoch": epoch, "val_loss": result.loss, "val_images": len(result.file_ids),
+            **{f"val_{k}": v for k, v in metrics.items()}}
 

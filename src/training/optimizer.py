@@ -2,49 +2,90 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from src.config.schema import Config
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weights only: biases and normalisation parameters (1-D tensors) are not regularised."""
+def parameter_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
+    """Decay the weights; with `no_decay_norm_bias`, biases and normalisation parameters (the 1-D
+    tensors) are not regularised, since shrinking them only shifts activations."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (no_decay if no_decay_norm_bias and param.ndim <= 1 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
 def create_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     opt, lr = cfg.optimization, cfg.training.learning_rate
-    groups = parameter_groups(model, opt.weight_decay)
+    groups = parameter_groups(model, opt.weight_decay, opt.no_decay_norm_bias)
     if opt.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr)
     if opt.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum)
+    if opt.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=opt.momentum)
+    return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0)
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, monitor_mode: str):
-    """The epoch-level LR scheduler, or None. ReduceLROnPlateau follows the monitored metric's
-    direction, so an accuracy going up never cuts the learning rate."""
-    opt = cfg.optimization
-    if opt.scheduler == "reduce_lr_on_plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=monitor_mode, factor=opt.factor, patience=opt.patience, min_lr=opt.min_lr)
-    if opt.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=opt.step_size, gamma=opt.factor)
-    if opt.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.training.n_epochs,
-                                                          eta_min=opt.min_lr)
-    return None
+@dataclass
+class Schedule:
+    """An LR scheduler and when to step it: every optimizer step or every epoch."""
+
+    scheduler: object | None
+    per_step: bool = False
+
+    def step_epoch(self, monitored_value: float) -> None:
+        """End of an epoch: plateau schedulers read the monitored value, per-step ones do nothing."""
+        if self.scheduler is None or self.per_step:
+            return
+        if isinstance(self.scheduler, lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(monitored_value)
+        else:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict | None:
+        return None if self.scheduler is None else self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if self.scheduler is not None and state is not None:
+            self.scheduler.load_state_dict(state)
 
 
-def step_scheduler(scheduler, monitored_value: float) -> None:
-    """Advance an epoch-level scheduler (plateau schedulers need the monitored value)."""
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(monitored_value)
-    elif scheduler is not None:
-        scheduler.step()
+def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, monitor_mode: str,
+                     steps_per_epoch: int = 1) -> Schedule:
+    """The configured schedule. ReduceLROnPlateau follows the monitored metric's direction, so an
+    accuracy going up never cuts the learning rate; onecycle is stepped every optimizer step."""
+    opt, epochs = cfg.optimization, cfg.training.n_epochs
+    name = opt.scheduler
+    if name == "reduce_lr_on_plateau":
+        return Schedule(lr_scheduler.ReduceLROnPlateau(optimizer, mode=monitor_mode, factor=opt.factor,
+                                                       patience=opt.patience, min_lr=opt.min_lr))
+    if name == "step":
+        return Schedule(lr_scheduler.StepLR(optimizer, step_size=opt.step_size, gamma=opt.factor))
+    if name == "exponential":
+        return Schedule(lr_scheduler.ExponentialLR(optimizer, gamma=opt.gamma))
+    if name == "cosine":
+        return Schedule(lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=opt.min_lr))
+    if name == "cosine_warm_restarts":
+        return Schedule(lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=opt.restart_epochs, T_mult=2,
+                                                                 eta_min=opt.min_lr))
+    if name == "onecycle":
+        warmup_share = opt.warmup_epochs / epochs if opt.warmup_epochs else 0.3
+        return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.training.learning_rate,
+                                                total_steps=epochs * steps_per_epoch,
+                                                pct_start=min(max(warmup_share, 0.01), 0.99)), per_step=True)
+    if name == "warmup_cosine":
+        warmup = min(opt.warmup_epochs, epochs - 1)
+        cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs - warmup, 1), eta_min=opt.min_lr)
+        if warmup == 0:
+            return Schedule(cosine)
+        linear = lr_scheduler.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+        return Schedule(lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup]))
+    return Schedule(None)

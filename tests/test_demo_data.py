@@ -1,0 +1,148 @@
+"""scripts/make_demo_data.py: layout, determinism, label mix and opacities that follow the labels."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import make_demo_data as demo  # noqa: E402
+
+from src.data.zones import UNKNOWN, ZONES  # noqa: E402
+
+COLUMNS = ["FileID", *ZONES, "csi", "PatientID"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    demo.write_demo_data(out, n_images=12, size=64, seed=3)
+    return out
+
+
+@pytest.fixture(scope="module")
+def anatomy() -> demo.Anatomy:
+    return demo.fit_anatomy(demo.load_phantom(), 64)
+
+
+def test_same_seed_gives_same_bytes_whatever_the_workers(demo_dir, tmp_path):
+    demo.write_demo_data(tmp_path, n_images=12, size=64, seed=3, workers=2)
+    assert _files(tmp_path) == _files(demo_dir)
+
+
+def test_other_seed_gives_other_labels_and_images(demo_dir, tmp_path):
+    demo.write_demo_data(tmp_path, n_images=12, size=64, seed=4)
+    ours, theirs = _files(tmp_path), _files(demo_dir)
+    assert ours.keys() == theirs.keys()
+    assert ours["labels.csv"] != theirs["labels.csv"]
+    assert all(ours[name] != theirs[name] for name in ours if name.endswith(".png"))
+
+
+def test_layout_matches_real_exports(demo_dir):
+    text = (demo_dir / "labels.csv").read_text()
+    assert text.splitlines()[0] == ";".join(COLUMNS)
+    table = pd.read_csv(demo_dir / "labels.csv", sep=";", dtype=str, keep_default_na=False)
+    assert list(table.columns) == COLUMNS and len(table) == 12
+    assert table["FileID"].str.fullmatch(r"\d+").all()
+
+    zones = table[list(ZONES)]
+    assert zones.isin(["", "0", "1", "2", "3"]).all().all()
+    assert (zones == "").any().any(), "some zones should be Unknown (empty)"
+    for _, row in table.iterrows():
+        known = [int(row[z]) for z in ZONES if row[z] != ""]
+        if known:
+            assert float(row["csi"]) == round(np.mean(known), 3)
+        else:
+            assert row["csi"] == ""
+
+    for file_id in table["FileID"]:
+        png = (demo_dir / "images" / f"{file_id}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        # IHDR: width, height (big-endian), bit depth 16, colour type 0 (grayscale).
+        assert png[16:26] == (64).to_bytes(4, "big") * 2 + bytes([16, 0])
+        pixels = np.asarray(Image.open(demo_dir / "images" / f"{file_id}.png"))
+        assert pixels.dtype == np.uint16 and pixels.shape == (64, 64) and pixels.max() > 255
+
+
+def test_failed_run_leaves_no_stale_labels(tmp_path):
+    (tmp_path / "labels.csv").write_text("FileID;right_sup\n1;0\n")
+    (tmp_path / "images" / f"{demo.FIRST_FILE_ID + 1}.png").mkdir(parents=True)  # cannot be written
+    with pytest.raises(OSError):
+        demo.write_demo_data(tmp_path, n_images=3, size=32, seed=0)
+    assert not (tmp_path / "labels.csv").exists()
+
+
+def test_cli_writes_what_it_is_asked(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--help"])
+    assert exit_info.value.code == 0 and "--n-images" in capsys.readouterr().out
+
+    demo.main(["--out", str(tmp_path), "--n-images", "3", "--size", "32", "--seed", "1", "--workers", "1"])
+    table = pd.read_csv(tmp_path / "labels.csv", sep=";")
+    assert len(table) == 3
+    assert all(Image.open(tmp_path / "images" / f"{i}.png").size == (32, 32) for i in table["FileID"])
+
+
+def test_labels_have_a_realistic_mix():
+    scores, patients = demo.draw_labels(200, np.random.default_rng(0))
+    assert scores.shape == (200, 6)
+    assert 0.05 < (scores == UNKNOWN).mean() < 0.16
+    counts = np.bincount(scores[scores != UNKNOWN], minlength=4)
+    assert counts[0] > counts[2] > counts[3] > 0 and counts[1] > counts[2]
+
+    # Congestion is systemic: the zones of one image agree more than chance, but not fully.
+    known = np.where(scores == UNKNOWN, np.nan, scores)
+    corr = pd.DataFrame(known).corr().to_numpy()[np.triu_indices(6, k=1)]
+    assert 0.2 < corr.mean() < 0.8
+
+    images_per_patient = pd.Series(patients).value_counts()
+    assert images_per_patient.max() <= 3 and (images_per_patient > 1).any()
+
+
+def test_zones_are_oriented_like_a_radiograph(anatomy):
+    rows, cols = np.indices(anatomy.zone_masks.shape[1:])
+    centre_col = [cols[mask].mean() for mask in anatomy.zone_masks]
+    centre_row = [rows[mask].mean() for mask in anatomy.zone_masks]
+    # The patient's right lung is on the image's left.
+    assert max(centre_col[0::2]) < min(centre_col[1::2])
+    assert centre_row[0] < centre_row[2] < centre_row[4] and centre_row[1] < centre_row[3] < centre_row[5]
+    # Head up: the apices are narrower than the bases.
+    assert anatomy.zone_masks[0:2].sum() < anatomy.zone_masks[4:6].sum()
+    # The heart (patient's left) makes the image's right half denser at the level of the lower zones.
+    lower = anatomy.zone_masks[4:6].any(axis=(0, 2))
+    half = anatomy.attenuation.shape[1] // 2
+    assert anatomy.attenuation[lower, half:].mean() > anatomy.attenuation[lower, :half].mean()
+
+
+@pytest.mark.parametrize("zone", range(6))
+def test_zone_opacity_grows_with_its_score(anatomy, zone):
+    means = []
+    for score in range(4):
+        scores = np.zeros(6, dtype=int)
+        scores[zone] = score
+        image = demo.render_image(anatomy, scores, seed=7)
+        means.append(image[anatomy.zone_masks[zone]].mean())
+    assert np.all(np.diff(means) > 0), means
+
+
+def test_zone_brightness_tracks_labels_across_images(anatomy):
+    scores, _ = demo.draw_labels(60, np.random.default_rng(1))
+    by_score = [[] for _ in range(4)]
+    for seed, image_scores in enumerate(scores):
+        image = demo.render_image(anatomy, image_scores, seed).astype(float)
+        image = (image - image.min()) / (image.max() - image.min())
+        for zone, score in enumerate(image_scores):
+            if score != UNKNOWN:
+                by_score[score].append(image[anatomy.zone_masks[zone]].mean())
+    assert np.all(np.diff([np.mean(values) for values in by_score]) > 0)
