@@ -1,0 +1,164 @@
+"""One trial: suggested values -> trial config -> train_model, reporting the metric every epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import gc
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from src.config.loader import apply_overrides
+from src.config.schema import Config
+from src.data.load import DataBundle, load_data
+from src.optimization.search_space import suggest
+from src.optimization.study import study_dir, worker_id
+from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
+from src.training.loop import TrainingDiverged
+from src.training.trainer import train_model
+from src.utils.errors import ConfigError
+
+
+class TrialFailed(Exception):
+    """A trial that ran out of memory, diverged or got values its training refused; the study goes on."""
+
+
+class UnknownMetric(ConfigError):
+    """[Hyperopt] metric names no validation metric: every trial would fail alike, so the study stops."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class DataCache:
+    """Datasets shared by trials whose [Data] settings and split seed agree: nothing is reloaded."""
+
+    def __init__(self) -> None:
+        self._bundles: dict[tuple, DataBundle] = {}
+        self._lock = threading.Lock()
+
+    def get(self, cfg: Config) -> DataBundle:
+        key = (cfg.data, cfg.training.seed)
+        with self._lock:
+            if key not in self._bundles:
+                self._bundles[key] = load_data(cfg)
+            return self._bundles[key]
+
+
+class Objective:
+    """Called by Optuna once per trial; returns the trial's best per-epoch value of [Hyperopt] metric."""
+
+    def __init__(self, cfg: Config, space: dict[str, BaseDistribution], data: DataCache) -> None:
+        self.cfg, self.space, self.data = cfg, space, data
+        self.trials_dir = study_dir(cfg) / "trials"
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", worker_id())
+        params = suggest(trial, self.space)
+        cfg = self._trial_config(trial, params)
+        with self._wandb_logger(trial, cfg) as wandb_logger:
+            try:
+                return self._train(trial, cfg, params, wandb_logger)
+            finally:
+                runs = sorted(self.trials_dir.glob(f"*_trial{trial.number}"))
+                if runs:
+                    trial.set_user_attr("run_dir", str(runs[-1].resolve()))
+
+    def _trial_config(self, trial: optuna.Trial, params: dict[str, Any]) -> Config:
+        fixed = {"Training.n_epochs": self.cfg.hyperopt.max_epochs,
+                 "Training.output_dir": str(self.trials_dir), "Training.run_name": f"trial{trial.number}"}
+        try:
+            return apply_overrides(self.cfg, {**params, **fixed}, origin=f"trial {trial.number}")
+        except ConfigError as exc:  # each value is valid alone, this combination is not
+            trial.set_user_attr("fail_reason", str(exc))
+            raise TrialFailed(str(exc)) from None
+
+    def _train(self, trial: optuna.Trial, cfg: Config, params: dict[str, Any], wandb_logger) -> float:
+        metric, values = self.cfg.hyperopt.metric, []
+
+        def on_epoch_end(epoch: int, metrics: dict) -> None:
+            if metric not in metrics:
+                close = difflib.get_close_matches(metric, [k for k in metrics if k.startswith("val_")], n=3)
+                raise UnknownMetric(f"[Hyperopt] metric = {metric}: not a validation metric"
+                                  + (f" (did you mean {' or '.join(close)}?)" if close else "")
+                                  + "; any key of a run's validation_history.json is allowed")
+            if wandb_logger is not None:
+                wandb_logger.log_epoch(epoch, metrics)
+            value = float(metrics[metric])
+            if not math.isfinite(value):
+                raise TrainingDiverged(f"training diverged: {metric} is {value} after epoch {epoch}")
+            values.append(value)
+            trial.report(value, epoch)
+            if epoch < cfg.training.n_epochs and trial.should_prune():  # a finished trial keeps its value
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} with {metric} {value:.4f}")
+
+        provenance = (f"Hyperopt study {self.cfg.hyperopt.study_name}, trial {trial.number}: "
+                      + ", ".join(f"{k} = {v}" for k, v in params.items()))
+        # The trial's W&B run is this objective's, which also records pruning: no second one per training.
+        quiet = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, wandb_project=""))
+        failure = None
+        try:
+            train_model(quiet, self.data.get(cfg), on_epoch_end=on_epoch_end, provenance=provenance)
+        except UnknownMetric:
+            raise
+        except (TrainingDiverged, ConfigError) as exc:  # ConfigError: e.g. a batch above the train split
+            failure = str(exc)
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(exc):
+                raise
+            failure = f"out of memory: {str(exc).splitlines()[0]}"
+        if failure is not None:
+            release_memory()  # outside the except block: the failed run's frames and tensors are gone
+            trial.set_user_attr("fail_reason", failure)
+            raise TrialFailed(failure)
+        return max(values) if self.cfg.hyperopt.direction == "maximize" else min(values)
+
+    @contextmanager
+    def _wandb_logger(self, trial: optuna.Trial, cfg: Config) -> Iterator[WandbLogger | None]:
+        """A W&B run per trial (when [Logging] wandb_project is set), grouped by study; its summary
+        `state` says complete, pruned or failed."""
+        study = self.cfg.hyperopt.study_name
+        run = init_wandb_run(cfg, f"{study}-trial{trial.number}", study,
+                             {**wandb_config(cfg), "trial": trial.number}, study_dir(cfg) / "wandb")
+        if run is None:
+            yield None
+            return
+        wandb_logger, outcome = WandbLogger(run), "failed"
+        try:
+            yield wandb_logger
+            outcome = "complete"
+        except optuna.TrialPruned:
+            outcome = "pruned"
+            raise
+        finally:
+            run.summary["state"] = outcome
+            wandb_logger.close(failed=outcome == "failed")
+
+
+def keep_best_checkpoints(study: optuna.Study) -> None:
+    """Delete the checkpoints of finished trials except the best one's; histories and configs stay."""
+    finished = study.get_trials(deepcopy=False,
+                                states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    best = study.best_trial.number if complete else None
+    for trial in finished:
+        if trial.number != best and "run_dir" in trial.user_attrs:
+            for checkpoint in Path(trial.user_attrs["run_dir"]).glob("*.pth"):
+                checkpoint.unlink(missing_ok=True)
