@@ -26,7 +26,7 @@ demo: $(DEMO)
 train: demo
 	$(PY) main.py --mode train
 
-test: install
+test: lint
 	$(PY) -m pytest -q
 
 lint: install
