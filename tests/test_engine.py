@@ -16,7 +16,7 @@ from src.config.loader import apply_overrides, load_config
 from src.training.loop import LoopSettings, train_epoch
 from src.training.loss import WeightedCSILoss
 from src.training.optimizer import create_optimizer, create_scheduler
-from src.training.trainer import DebugRun, train_model, wrap_model
+from src.training.trainer import DebugRun, _Trainer, train_model, wrap_model
 from src.utils.device import resolve_precision
 from src.utils.distributed import DistInfo
 from src.utils.errors import ConfigError
@@ -208,3 +208,14 @@ def test_augmentation_keys_reach_the_training_batches(tiny_dataset, tmp_path):
     flipped = train_model(apply_overrides(base, {"Augmentation.horizontal_flip": 1.0}))
     assert _history(plain.run_dir) == _history(again.run_dir)
     assert _history(flipped.run_dir)[0]["train_loss"] != _history(plain.run_dir)[0]["train_loss"]
+
+
+@pytest.mark.parametrize("setting, precision, expected", [("true", "fp32", True), ("false", "bf16", False),
+                                                          ("auto", "bf16", True), ("auto", "fp32", False)])
+def test_channels_last_setting_reaches_model_and_batches(tiny_dataset, tmp_path, setting, precision, expected):
+    cfg = apply_overrides(_config(tmp_path, tiny_dataset), {"Training.channels_last": setting,
+                                                            "Training.precision": precision})
+    trainer = _Trainer(cfg, None, DebugRun(fast_dev_run=True), None)
+    conv = next(p for p in trainer.model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) == expected
+    assert trainer.settings.channels_last == expected

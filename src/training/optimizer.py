@@ -77,10 +77,12 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, monitor_mode
         return Schedule(lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=opt.restart_epochs, T_mult=2,
                                                                  eta_min=opt.min_lr))
     if name == "onecycle":
+        # OneCycleLR needs at least two steps in each phase, even for very short (debug) runs.
+        total = max(epochs * steps_per_epoch, 4)
         warmup_share = opt.warmup_epochs / epochs if opt.warmup_epochs else 0.3
-        return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.training.learning_rate,
-                                                total_steps=epochs * steps_per_epoch,
-                                                pct_start=min(max(warmup_share, 0.01), 0.99)), per_step=True)
+        return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.training.learning_rate, total_steps=total,
+                                                pct_start=min(max(warmup_share, 2 / total), 1 - 2 / total)),
+                        per_step=True)
     if name == "warmup_cosine":
         warmup = min(opt.warmup_epochs, epochs - 1)
         cosine = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs - warmup, 1), eta_min=opt.min_lr)
