@@ -81,6 +81,10 @@ def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
         else:
             logger.error(str(exc))
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Checkpoints and histories are written atomically after each epoch: what was saved is whole.
+        logger.warning("interrupted; files written so far are complete (resume a training run with --resume)")
+        sys.exit(130)
 
 
 def main(default_mode: str | None = None) -> None:
