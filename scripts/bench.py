@@ -13,7 +13,7 @@ import torch
 
 from src.config.loader import apply_overrides, load_config
 from src.models.factory import build_model
-from src.training.loop import LoopSettings, train_epoch
+from src.training.loop import LoopSettings, place_model, train_epoch
 from src.training.loss import WeightedCSILoss
 from src.training.optimizer import create_optimizer
 from src.utils.device import resolve_device
@@ -24,13 +24,11 @@ def measure(arch: str, size: int, batch: int, steps: int, dtype: torch.dtype, ch
     cfg = apply_overrides(load_config(None, env={}), {"Model.model_arch": arch, "Model.pretrained": False,
                                                       "Data.image_size": size})
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    data = [(torch.randn(batch, 1, size, size), torch.randint(0, 5, (batch, 6)), [""] * batch)
-            for _ in range(steps + 1)]
     settings = LoopSettings(dtype=dtype, channels_last=channels_last, progress=False,
                             scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+    model = place_model(build_model(cfg), device, settings)
+    data = [(torch.randn(batch, 1, size, size), torch.randint(0, 5, (batch, 6)), [""] * batch)
+            for _ in range(steps + 1)]
     optimizer = create_optimizer(model, cfg)
     train_epoch(model, data[:1], WeightedCSILoss(), optimizer, device, 0, settings)  # warm-up
     if device.type == "cuda":

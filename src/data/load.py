@@ -45,11 +45,16 @@ class DataBundle:
         return self.table[columns]
 
 
-def _problem_message(labels_csv: str, problems: pd.DataFrame) -> str:
+def report_unusable(source: str | Path, problems: pd.DataFrame, on_missing: str) -> None:
+    """Stop on missing or unreadable images (FileID, reason rows), or warn that they are skipped."""
+    if problems.empty:
+        return
     listed = ", ".join(f"{r.FileID} ({r.reason})" for r in problems.head(_LISTED).itertuples())
     more = f" and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
-    return (f"{labels_csv}: {len(problems)} image(s) missing or unreadable: {listed}{more}; "
-            "fix them or set [Data] on_missing = skip")
+    summary = f"{source}: {len(problems)} image(s) missing or unreadable: {listed}{more}"
+    if on_missing == "error":
+        raise DataError(f"{summary}; fix them or set [Data] on_missing = skip")
+    logger.warning(f"{summary}; skipped ([Data] on_missing = skip)")
 
 
 def read_split_csv(path: str | Path) -> pd.Series:
@@ -75,10 +80,7 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     reasons.update({found[k]: why for k, why in cache.failures.items()})
     problems = pd.DataFrame({"FileID": table["FileID"].iloc[sorted(reasons)],
                              "reason": [reasons[i] for i in sorted(reasons)]})
-    if len(problems) and data.on_missing == "error":
-        raise DataError(_problem_message(data.labels_csv, problems))
-    if len(problems):
-        logger.warning(_problem_message(data.labels_csv, problems).replace("; fix them or set", "; skipped as"))
+    report_unusable(data.labels_csv, problems, data.on_missing)
 
     table = table.assign(path=[str(p) if p else "" for p in paths])
     table["cache_index"] = -1

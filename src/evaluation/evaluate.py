@@ -16,10 +16,10 @@ from src.data.zones import CLASS_NAMES, ZONES
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
 from src.models.factory import load_trained_model
-from src.training.loop import LoopSettings, predict_batches
+from src.training.loop import LoopSettings, place_model, predict_batches
 from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
-from src.utils.device import resolve_device, resolve_precision, use_channels_last
+from src.utils.device import resolve_device
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_text, atomic_write_with
 from src.utils.run_dir import BEST, LAST, find_latest_run
@@ -38,12 +38,8 @@ def resolve_checkpoint(cfg: Config, run: str | None = None, checkpoint: str | No
 
 def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, LoopSettings]:
     device = resolve_device(cfg.training.device)
-    dtype = resolve_precision(cfg.training.precision, device)
-    channels_last = use_channels_last(cfg.training.channels_last, dtype)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    settings = LoopSettings.from_config(cfg, dtype, channels_last)
+    settings = LoopSettings.from_config(cfg, device)
+    place_model(model, device, settings)
     settings.probabilities = probabilities_for(cfg.loss.loss)  # as the model was trained to output
     return device, settings
 

@@ -11,6 +11,7 @@ from src.config.schema import Config
 from src.data.cache import CacheSettings, build_cache
 from src.data.dataset import CSIDataset, make_loader
 from src.data.labels import read_file_ids
+from src.data.load import report_unusable
 from src.data.locate import locate_images
 from src.data.preprocess import normalization_stats
 from src.data.readers import SUPPORTED_EXTENSIONS, file_extension
@@ -21,7 +22,6 @@ from src.models.factory import load_trained_model
 from src.training.loop import predict_batches
 from src.utils.errors import DataError
 from src.utils.io import atomic_write_with
-from src.utils.logging import logger
 
 
 def collect_inputs(cfg: Config, source: Path) -> pd.DataFrame:
@@ -47,13 +47,11 @@ def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, outp
     present = inputs[inputs["path"] != ""].reset_index(drop=True)
     cache = build_cache([Path(p) for p in present["path"]], CacheSettings.from_config(trained_cfg.data),
                         cfg.data.cache_dir)
-    problems = [f"{present['FileID'][i]} ({why})" for i, why in cache.failures.items()]
-    problems += [f"{f} (no file in {cfg.data.image_dir})" for f in inputs.loc[inputs["path"] == "", "FileID"]]
-    if problems and cfg.data.on_missing == "error":
-        raise DataError(f"{source}: {len(problems)} image(s) missing or unreadable: {', '.join(problems[:10])}"
-                        f"{' ...' if len(problems) > 10 else ''}; fix them or set [Data] on_missing = skip")
-    if problems:
-        logger.warning(f"{source}: skipped {len(problems)} image(s): {', '.join(problems[:10])}")
+    absent = inputs.loc[inputs["path"] == "", "FileID"]
+    problems = pd.DataFrame({
+        "FileID": [present["FileID"][i] for i in cache.failures] + absent.tolist(),
+        "reason": list(cache.failures.values()) + [f"no file in {cfg.data.image_dir}"] * len(absent)})
+    report_unusable(source, problems, cfg.data.on_missing)
     rows = [i for i in range(len(present)) if i not in cache.failures]
     if not rows:
         raise DataError(f"{source}: no image could be scored")

@@ -16,7 +16,7 @@ from src.config.schema import Config
 from src.training.callbacks import AverageMeter
 from src.training.loss import softmax_probabilities
 from src.training.metrics import compute_all_metrics
-from src.utils.device import autocast
+from src.utils.device import autocast, resolve_precision, use_channels_last
 from src.utils.distributed import DistInfo, average_scalar, gather_objects
 from src.utils.errors import CSIError
 
@@ -46,12 +46,20 @@ class LoopSettings:
     nonfinite_streak: int = field(default=0, repr=False)  # carried across epochs
 
     @classmethod
-    def from_config(cls, cfg: Config, dtype: torch.dtype, channels_last: bool) -> LoopSettings:
-        return cls(dtype=dtype, channels_last=channels_last,
+    def from_config(cls, cfg: Config, device: torch.device) -> LoopSettings:
+        """Settings per `cfg`, with the precision and memory format it asks for on `device`."""
+        dtype = resolve_precision(cfg.training.precision, device)
+        return cls(dtype=dtype, channels_last=use_channels_last(cfg.training.channels_last, dtype),
                    grad_accumulation=cfg.training.gradient_accumulation_steps,
                    max_grad_norm=cfg.training.max_grad_norm,
                    max_nonfinite_steps=cfg.training.max_nonfinite_steps,
                    ahf_low=cfg.evaluation.ahf_low_threshold, ahf_high=cfg.evaluation.ahf_high_threshold)
+
+
+def place_model(model: nn.Module, device: torch.device, settings: LoopSettings) -> nn.Module:
+    """`model` on `device`, in channels-last memory format when the settings use it."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if settings.channels_last else model
 
 
 def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,

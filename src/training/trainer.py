@@ -20,11 +20,11 @@ from src.models.factory import build_model
 from src.training.callbacks import EarlyStopping, MetricsTracker, is_improvement, resolve_mode
 from src.training.distillation import build_distillation
 from src.training.loggers import create_loggers
-from src.training.loop import LoopSettings, train_epoch, validate_epoch
+from src.training.loop import LoopSettings, place_model, train_epoch, validate_epoch
 from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.utils.checkpoint import read_checkpoint, save_checkpoint
-from src.utils.device import resolve_device, resolve_precision, use_channels_last
+from src.utils.device import resolve_device
 from src.utils.distributed import DistInfo, broadcast_object, init_distributed
 from src.utils.errors import CheckpointError, ConfigError
 from src.utils.io import atomic_write_text, atomic_write_with
@@ -121,12 +121,9 @@ class _Trainer:
             torch.cuda.set_device(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-        dtype = resolve_precision(cfg.training.precision, self.device)
-        channels_last = use_channels_last(cfg.training.channels_last, dtype)
+        self.settings = LoopSettings.from_config(cfg, self.device)
         self.data = data or load_data(cfg)
-        self.model = build_model(cfg).to(self.device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = place_model(build_model(cfg), self.device, self.settings)
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
         self._make_loaders()
@@ -138,7 +135,6 @@ class _Trainer:
         self.optimizer = create_optimizer(self.model, cfg)
         steps = -(-len(self.train_loader) // cfg.training.gradient_accumulation_steps)
         self.schedule = create_scheduler(self.optimizer, cfg, self.mode, steps)
-        self.settings = LoopSettings.from_config(cfg, dtype, channels_last)
         self.settings.progress = self.dist.is_main
         self.settings.dist = self.dist
         self.settings.probabilities = self.criterion.probabilities
@@ -147,7 +143,7 @@ class _Trainer:
             self.settings.augment = BatchAugmenter(cfg.augmentation, self.data.mean, self.data.std)
         if self.schedule.per_step:
             self.settings.batch_scheduler = self.schedule.scheduler
-        if dtype == torch.float16:
+        if self.settings.dtype == torch.float16:
             self.settings.scaler = torch.amp.GradScaler("cuda")
         self.stopper = EarlyStopping(cfg.callbacks.early_stopping_patience, cfg.callbacks.early_stopping_min_delta,
                                      self.mode, cfg.callbacks.restore_best_weights)
