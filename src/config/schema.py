@@ -311,7 +311,8 @@ class HyperoptConfig:
         DEFAULT_SEARCH_SPACE,
         "Search space, one line per searched key: Section.key = loguniform(a, b) | uniform(a, b) | "
         "int(a, b) | int(a, b, step) | uniform(a, b, step) | choice(v1, v2, ...). Any key may be "
-        "searched; lines given here (or with --set Hyperopt.Section.key=...) replace the default space.",
+        "searched. Lines in this section replace the built-in default space; --set "
+        "Hyperopt.Section.key=SPEC adds or changes one line, and a one-value choice(v) pins a key.",
     )
 
 
