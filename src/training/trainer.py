@@ -25,7 +25,7 @@ from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.utils.checkpoint import read_checkpoint, save_checkpoint
 from src.utils.device import resolve_device
-from src.utils.distributed import DistInfo, broadcast_object, init_distributed
+from src.utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from src.utils.errors import CheckpointError, ConfigError
 from src.utils.io import atomic_write_text, atomic_write_with
 from src.utils.logging import logger
@@ -318,6 +318,9 @@ def train_model(cfg: Config, data: DataBundle | None = None,
     `provenance` is added to the header of the run's config.ini (e.g. which values a study chose).
     """
     trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None)
-    if resume is None:
-        trainer.write_run_files(provenance)
-    return trainer.fit(on_epoch_end)
+    try:
+        if resume is None:
+            trainer.write_run_files(provenance)
+        return trainer.fit(on_epoch_end)
+    finally:
+        shutdown(trainer.dist)
