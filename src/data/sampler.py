@@ -37,13 +37,17 @@ class EpochBatchSampler(Sampler[list[int]]):
         else:
             order = np.arange(self.size)
         batches = [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
-        if self.keep_all:
-            return [b for b in batches if len(b) > self.rank]
-        return [b for b in batches if len(b) >= 2 * self.world_size]
+        return [b for b in batches if self._kept(len(b))]
+
+    def _kept(self, batch_length: int) -> bool:
+        """Whether a global batch of this length is used (see the class docstring)."""
+        return batch_length > self.rank if self.keep_all else batch_length >= 2 * self.world_size
 
     def __iter__(self) -> Iterator[list[int]]:
         for batch in self._global_batches():
             yield np.array_split(batch, self.world_size)[self.rank].tolist()
 
     def __len__(self) -> int:
-        return len(self._global_batches())
+        # Lengths alone decide which batches are kept: no permutation needed to count them.
+        lengths = (min(self.batch_size, self.size - start) for start in range(0, self.size, self.batch_size))
+        return sum(self._kept(length) for length in lengths)

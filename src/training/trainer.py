@@ -111,7 +111,8 @@ def wrap_model(model: torch.nn.Module, compile: bool, dist: DistInfo, device: to
 class _Trainer:
     """One training run's state; `fit` runs the epochs. Split out of train_model for readability."""
 
-    def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: Path | None) -> None:
+    def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: Path | None,
+                 provenance: str = "") -> None:
         self.cfg, self.debug = cfg, debug
         seed_everything(cfg.training.seed)
         self.device = resolve_device(cfg.training.device)
@@ -150,7 +151,7 @@ class _Trainer:
         self.progress = _Progress()
         self.start_epoch = 1
         self.net = wrap_model(self.model, cfg.training.compile, self.dist, self.device)
-        self.run_dir = self._prepare_run_dir(resume)
+        self.run_dir = self._prepare_run_dir(resume, provenance)
         if resume is not None:
             self._restore(resume)
 
@@ -177,7 +178,9 @@ class _Trainer:
             raise ConfigError(f"[Training] batch_size = {batch}: too few training images for "
                               f"{dist.world_size} processes")
 
-    def _prepare_run_dir(self, resume: Path | None) -> Path | None:
+    def _prepare_run_dir(self, resume: Path | None, provenance: str) -> Path | None:
+        """The run directory: the resumed one, or a new one holding config.ini and split.csv (whose
+        config text every checkpoint embeds; a resumed run takes it from its checkpoint)."""
         cfg = self.cfg
         if self.debug.fast_dev_run:
             return None
@@ -186,17 +189,14 @@ class _Trainer:
             run_dir = resume.parent if resume else create_run_dir(
                 cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
         run_dir = broadcast_object(run_dir, self.dist)
-        self.cfg_text = render_ini(cfg, f"Resolved configuration of run {run_dir.name}", documented=False)
+        if resume is None:
+            header = f"Resolved configuration of run {run_dir.name}" + (f"\n{provenance}" if provenance else "")
+            self.cfg_text = render_ini(cfg, header, documented=False)
+            if self.dist.is_main:
+                atomic_write_text(run_dir / "config.ini", self.cfg_text)
+                atomic_write_with(run_dir / "split.csv", lambda h: self.data.split_table().to_csv(h, index=False),
+                                  binary=False)
         return run_dir
-
-    def write_run_files(self, provenance: str) -> None:
-        if self.run_dir is None or not self.dist.is_main:
-            return
-        header = f"Resolved configuration of run {self.run_dir.name}" + (f"\n{provenance}" if provenance else "")
-        self.cfg_text = render_ini(self.cfg, header, documented=False)
-        atomic_write_text(self.run_dir / "config.ini", self.cfg_text)
-        atomic_write_with(self.run_dir / "split.csv", lambda h: self.data.split_table().to_csv(h, index=False),
-                          binary=False)
 
     def _state(self, epoch: int, metrics: dict) -> dict:
         return {
@@ -317,10 +317,8 @@ def train_model(cfg: Config, data: DataBundle | None = None,
     each epoch's checkpoints are written and may raise to stop training (e.g. optuna.TrialPruned);
     `provenance` is added to the header of the run's config.ini (e.g. which values a study chose).
     """
-    trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None)
+    trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None, provenance)
     try:
-        if resume is None:
-            trainer.write_run_files(provenance)
         return trainer.fit(on_epoch_end)
     finally:
         shutdown(trainer.dist)
