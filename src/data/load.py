@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from src.config.schema import Config
+from src.config.schema import Config, DataConfig
 from src.data.cache import CacheSettings, ImageCache, build_cache
 from src.data.dataset import CSIDataset
 from src.data.labels import SPLITS, read_labels
@@ -45,7 +46,7 @@ class DataBundle:
         return self.table[columns]
 
 
-def report_unusable(source: str | Path, problems: pd.DataFrame, on_missing: str) -> None:
+def _report_unusable(source: str | Path, problems: pd.DataFrame, on_missing: str) -> None:
     """Stop on missing or unreadable images (FileID, reason rows), or warn that they are skipped."""
     if problems.empty:
         return
@@ -55,6 +56,25 @@ def report_unusable(source: str | Path, problems: pd.DataFrame, on_missing: str)
     if on_missing == "error":
         raise DataError(f"{summary}; fix them or set [Data] on_missing = skip")
     logger.warning(f"{summary}; skipped ([Data] on_missing = skip)")
+
+
+def cache_images(file_ids: Sequence[str], paths: Sequence[Path | None], data: DataConfig,
+                 source: str | Path) -> tuple[ImageCache, np.ndarray, pd.DataFrame]:
+    """Decode the images that exist into the cache (preprocessed per `data`) and report the missing
+    or unreadable ones per `data.on_missing`. Returns the cache, each row's index into it (-1 for a
+    row without a usable image) and the skipped rows (FileID, reason). `source` names the rows'
+    origin in messages."""
+    found = [i for i, p in enumerate(paths) if p is not None]
+    cache = build_cache([paths[i] for i in found], CacheSettings.from_config(data), data.cache_dir)
+    reasons = {i: f"no file in {data.image_dir}" for i, p in enumerate(paths) if p is None}
+    reasons.update({found[k]: why for k, why in cache.failures.items()})
+    skipped = pd.DataFrame({"FileID": [file_ids[i] for i in sorted(reasons)],
+                            "reason": [reasons[i] for i in sorted(reasons)]})
+    _report_unusable(source, skipped, data.on_missing)
+    cache_index = np.full(len(paths), -1)
+    cache_index[found] = np.arange(len(found))
+    cache_index[sorted(reasons)] = -1
+    return cache, cache_index, skipped
 
 
 def read_split_csv(path: str | Path) -> pd.Series:
@@ -73,19 +93,9 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     data = cfg.data
     table = read_labels(data.labels_csv, data.csv_separator)
     paths = locate_images(table, data.image_dir, data.image_extension)
-    found = [i for i, p in enumerate(paths) if p is not None]
-    cache = build_cache([paths[i] for i in found], CacheSettings.from_config(data), data.cache_dir)
-
-    reasons = {i: f"no file in {data.image_dir}" for i, p in enumerate(paths) if p is None}
-    reasons.update({found[k]: why for k, why in cache.failures.items()})
-    problems = pd.DataFrame({"FileID": table["FileID"].iloc[sorted(reasons)],
-                             "reason": [reasons[i] for i in sorted(reasons)]})
-    report_unusable(data.labels_csv, problems, data.on_missing)
-
-    table = table.assign(path=[str(p) if p else "" for p in paths])
-    table["cache_index"] = -1
-    table.loc[found, "cache_index"] = np.arange(len(found))
-    table = table.drop(index=sorted(reasons)).reset_index(drop=True)
+    cache, cache_index, skipped = cache_images(table["FileID"].tolist(), paths, data, data.labels_csv)
+    table = table.assign(path=[str(p) if p else "" for p in paths], cache_index=cache_index)
+    table = table[cache_index >= 0].reset_index(drop=True)
     if table.empty:
         raise DataError(f"{data.labels_csv}: no usable image")
 
@@ -100,4 +110,4 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     if unknown_splits:
         raise DataError(f"{split_csv}: unknown split name(s) {sorted(unknown_splits)}; allowed {SPLITS}")
     mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
-    return DataBundle(table=table, skipped=problems, cache=cache, mean=mean, std=std)
+    return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std)

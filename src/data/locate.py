@@ -10,7 +10,7 @@ import pandas as pd
 from src.data.readers import SUPPORTED_EXTENSIONS, file_extension
 
 
-def _index_directory(image_dir: Path) -> dict[str, Path]:
+def index_directory(image_dir: Path) -> dict[str, Path]:
     """stem -> file for every supported image directly in `image_dir` (listed once, not per FileID)."""
     found: dict[str, Path] = {}
     if not image_dir.is_dir():
@@ -35,7 +35,7 @@ def locate_images(table: pd.DataFrame, image_dir: str | Path, extension: str = "
     `<image_dir>/<FileID><extension>`, or with an empty extension any supported one.
     """
     image_dir = Path(image_dir)
-    index = None if extension else _index_directory(image_dir)
+    index = None if extension else index_directory(image_dir)
     explicit = table["path"] if "path" in table else pd.Series([""] * len(table))
     paths: list[Path | None] = []
     for file_id, given in zip(table["FileID"], explicit):
