@@ -147,11 +147,6 @@ def _sampler(name: str, space: dict[str, BaseDistribution], seed: int) -> BaseSa
 
 def make_sampler(cfg: Config, space: dict[str, BaseDistribution]) -> BaseSampler:
     """The [Hyperopt] sampler, seeded per trial from [Training] seed."""
-    if cfg.hyperopt.sampler == "cmaes":
-        try:
-            import cmaes  # noqa: F401
-        except ImportError:
-            raise ConfigError("[Hyperopt] sampler = cmaes needs package cmaes (pip install cmaes)") from None
     _sampler(cfg.hyperopt.sampler, space, cfg.training.seed)  # fail now, not in the first trial
     return TrialSeededSampler(partial(_sampler, cfg.hyperopt.sampler, space), cfg.training.seed)
 
