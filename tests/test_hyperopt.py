@@ -53,7 +53,7 @@ def start_main(*args: str, cwd: Path) -> subprocess.Popen:
     One thread each: workers running side by side on a small machine would otherwise fight over its cores.
     """
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = (cwd / f"worker{time.monotonic_ns()}.log").open("w")
+    out = tempfile.NamedTemporaryFile("w", dir=cwd, prefix="worker", suffix=".log", delete=False)
     return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=full_env, stdout=out,
                             stderr=subprocess.STDOUT)
 
@@ -191,9 +191,8 @@ def test_killed_study_continues_with_two_workers(tmp_path, data_dir):
     root = make_project(tmp_path, data_dir, study_name="killed", pruner="none")
     worker = start_main("--mode", "hyperopt", "--n-trials", "6", cwd=root)
     journal = root / "logs" / "hyperopt" / "killed.log"
-    deadline = time.monotonic() + 240
-    while True:  # kill it while it trains its second trial
-        assert worker.poll() is None and time.monotonic() < deadline
+    while True:  # kill it while it trains its second trial (a worker that ended first fails the test)
+        assert worker.poll() is None
         trials = stored_study(root, "killed").trials if journal.exists() else []
         running = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         if any(t.state == TrialState.COMPLETE for t in trials) and running:

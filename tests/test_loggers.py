@@ -157,11 +157,16 @@ def wandb_records(path: Path) -> list:
 
 
 def wandb_logs(wandb_dir: Path, run_id: str) -> list[Path]:
-    """The .wandb files of a run's offline segments, oldest first, once W&B has written them out."""
+    """The .wandb files of a run's offline segments, in the order written, once W&B has written them out.
+
+    W&B names a segment's folder `offline-run-<start second>-<id>`, with a `-<n>` suffix when a resumed
+    segment starts within the same second, so the folder name neither identifies nor orders a segment
+    reliably. The file inside is always `run-<id>.wandb`, and each segment is closed before the next opens.
+    """
     import wandb
 
     wandb.teardown()  # run.finish() returns before W&B's service has flushed the file; teardown waits
-    return sorted(wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    return sorted(wandb_dir.glob(f"offline-run-*/run-{run_id}.wandb"), key=lambda f: f.stat().st_mtime_ns)
 
 
 def of_type(records: list, kind: str) -> list:
