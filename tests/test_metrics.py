@@ -232,3 +232,16 @@ def test_rejects_malformed_input():
         compute_all_metrics(good, good, probs=np.zeros((2, 6, 4)))
     with pytest.raises(ValueError, match="NaN"):
         ahf_class(np.array([np.nan]))
+
+
+def test_weights_count_each_image_as_often_as_repeating_it():
+    # The bootstrap scores resamples through weights: image i with weight k must count as k copies.
+    y_true, y_pred = _random(5, n=40)
+    probs = np.random.default_rng(5).dirichlet(np.ones(5), (40, 6))
+    counts = np.random.default_rng(6).multinomial(40, np.ones(40) / 40, size=3)
+    weighted = compute_all_metrics(y_true, y_pred, probs, weights=counts)
+    for b, row in enumerate(counts):
+        copies = np.repeat(np.arange(40), row)
+        expected = compute_all_metrics(y_true[copies], y_pred[copies], probs[copies])
+        for key, value in expected.items():
+            assert weighted[key][b] == pytest.approx(value, nan_ok=True), key
