@@ -1,4 +1,4 @@
-"""PNG figures: confusion matrices and training curves."""
+"""PNG figures: confusion matrices, training curves and per-zone saliency strips."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from src.data.zones import CLASS_NAMES, UNKNOWN, ZONES  # noqa: E402
+from src.models.heads import GRID, ZONE_CELLS  # noqa: E402
 from src.utils.io import atomic_write_with  # noqa: E402
 
 
@@ -64,4 +66,49 @@ def plot_training_curves(train_history: list[dict], val_history: list[dict], pat
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()
+    save_figure(fig, path)
+
+
+def _draw_zone_grid(ax, shape: tuple[int, int], highlight: tuple[int, int] | None = None) -> None:
+    """The six-zone grid (GRID rows x columns) over an image of `shape`; one cell outlined."""
+    height, width = shape
+    rows, cols = GRID
+    for r in range(1, rows):
+        ax.axhline(r * height / rows - 0.5, color="white", lw=0.8, alpha=0.8)
+    for c in range(1, cols):
+        ax.axvline(c * width / cols - 0.5, color="white", lw=0.8, alpha=0.8)
+    if highlight is not None:
+        r, c = highlight
+        ax.add_patch(plt.Rectangle((c * width / cols - 0.5, r * height / rows - 0.5), width / cols, height / rows,
+                                   fill=False, edgecolor="#ffd400", lw=2.2))
+
+
+def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None,
+                       title: str, path: Path) -> None:
+    """A strip: the radiograph with each zone's true and predicted score in its cell, then one
+    panel per zone with its Grad-CAM map (`maps` [6, H, W] in [0, 1]) and its own cell outlined."""
+    fig, axes = plt.subplots(1, 1 + len(ZONES), figsize=(2.1 * (1 + len(ZONES)), 2.9))
+    grey = dict(cmap="gray", vmin=float(np.percentile(image, 1)), vmax=float(np.percentile(image, 99)))
+    height, width = image.shape
+    rows, cols = GRID
+    axes[0].imshow(image, **grey)
+    _draw_zone_grid(axes[0], image.shape)
+    for z, zone in enumerate(ZONES):
+        r, c = ZONE_CELLS[zone]
+        shown = f"pred {predicted[z]}" if truth is None else f"true {truth[z]}\npred {predicted[z]}"
+        wrong = truth is not None and truth[z] != UNKNOWN and truth[z] != predicted[z]
+        axes[0].text((c + 0.5) * width / cols, (r + 0.5) * height / rows, shown, ha="center", va="center",
+                     fontsize=7.5, color="white", bbox=dict(boxstyle="round,pad=0.25", lw=0, alpha=0.75,
+                                                           facecolor="#c0392b" if wrong else "#1f3b57"))
+        ax = axes[1 + z]
+        ax.imshow(image, **grey)
+        ax.imshow(maps[z], cmap="jet", alpha=0.42, vmin=0, vmax=1)
+        _draw_zone_grid(ax, image.shape, highlight=(r, c))
+        label = CLASS_NAMES[predicted[z]] + ("" if truth is None else f" (true {CLASS_NAMES[truth[z]]})")
+        ax.set_title(f"{zone}\n{label}", fontsize=7.5, color="#c0392b" if wrong else "black")
+    axes[0].set_title(title, fontsize=7.5)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.4)
     save_figure(fig, path)

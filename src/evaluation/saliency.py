@@ -1,0 +1,116 @@
+"""Grad-CAM per lung zone (pytorch-grad-cam): where the model looked to give each zone its score.
+
+Each zone has its own classifier, so each zone gets its own map: Grad-CAM of that zone's
+predicted-class logit at the backbone's last spatial layer. For CNNs that is the backbone's last
+block; for the ViT it is the last encoder block, whose patch tokens are laid back on their grid
+(the class token has no position and is dropped). Maps are scaled to [0, 1] per image and zone
+and resized to the input, as the library does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from torch import nn
+from tqdm import tqdm
+
+from src.data.dataset import CSIDataset
+from src.data.zones import ZONES, csi_from_scores
+from src.evaluation.plots import plot_zone_saliency
+from src.models.backbones import ViTFeatures
+from src.models.factory import CSIModel
+from src.training.loop import Predictions
+from src.training.metrics import predicted_csi
+
+
+class ZoneClassTarget:
+    """The logit of class `score` of zone `zone`, from one image's [6, classes] output."""
+
+    def __init__(self, zone: int, score: int) -> None:
+        self.zone, self.score = zone, score
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        return output[self.zone, self.score]
+
+
+def _tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, 1 + h*w, D] encoder tokens -> [B, D, h, w] patch grid, class token dropped."""
+    patches = tokens[:, 1:]
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+def cam_layer(model: CSIModel, image_size: tuple[int, int]) -> tuple[nn.Module, Callable | None]:
+    """The layer Grad-CAM weighs for `model`, and the transform that lays its output on a grid."""
+    backbone = model.backbone
+    if isinstance(backbone, ViTFeatures):
+        grid = (image_size[0] // backbone.patch_size, image_size[1] // backbone.patch_size)
+        return backbone.encoder.layers[-1], partial(_tokens_to_grid, grid=grid)
+    return list(backbone.children())[-1], None  # every CNN backbone is a Sequential of stages
+
+
+def zone_cams(model: CSIModel, images: torch.Tensor, scores: np.ndarray) -> np.ndarray:
+    """Grad-CAM maps [B, 6, H, W] in [0, 1] of each zone's class `scores[b, zone]` for `images`
+    [B, 1, H, W] (on the model's device)."""
+    layer, reshape = cam_layer(model, tuple(images.shape[-2:]))
+    maps = np.zeros((len(images), len(ZONES), *images.shape[-2:]), dtype=np.float32)
+    with torch.enable_grad(), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        for z in range(len(ZONES)):
+            targets = [ZoneClassTarget(z, int(s)) for s in scores[:, z]]
+            maps[:, z] = cam(input_tensor=images.float(), targets=targets)
+    return maps
+
+
+def saliency_rows(true_csi: np.ndarray, pred_csi: np.ndarray, largest: int, random: int,
+                  seed: int) -> list[tuple[int, str]]:
+    """Rows to explain: the `largest` CSI errors (largest first), then `random` other rows drawn
+    with `seed`; each with the reason it was chosen."""
+    error = np.abs(pred_csi - true_csi)
+    defined = np.flatnonzero(~np.isnan(error))
+    worst = defined[np.argsort(-error[defined], kind="stable")][:largest]
+    rest = np.setdiff1d(np.arange(len(true_csi)), worst)
+    drawn = np.random.default_rng(seed).choice(rest, size=min(random, len(rest)), replace=False)
+    return [(int(i), "largest CSI error") for i in worst] + [(int(i), "random sample") for i in np.sort(drawn)]
+
+
+def explain_selected_images(model: CSIModel, dataset: CSIDataset, pred: Predictions, largest: int, random: int,
+                            seed: int, out_dir: Path) -> list[Path]:
+    """Grad-CAM strips of the `largest` CSI errors of `pred` (over `dataset`) and of `random` other
+    images drawn with `seed`."""
+    chosen = saliency_rows(csi_from_scores(pred.targets), predicted_csi(pred.probs.argmax(-1), pred.probs),
+                           largest, random, seed)
+    rows = [row for row, _ in chosen]
+    return write_saliency_figures(model, dataset, rows, pred.probs[rows], out_dir, [why for _, why in chosen])
+
+
+def write_saliency_figures(model: CSIModel, dataset: CSIDataset, rows: Sequence[int], probs: np.ndarray,
+                           out_dir: Path, captions: Sequence[str] = (), batch_size: int = 16) -> list[Path]:
+    """One PNG per dataset row in `rows`: the radiograph with the six-zone grid and each zone's
+    Grad-CAM for its predicted class. `probs` [len(rows), 6, classes] are the rows' predictions;
+    the dataset's labels are shown as the truth where any zone is known. Runs where the model is."""
+    device = next(model.parameters()).device
+    model.eval()
+    paths = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="saliency", unit="batch", leave=False):
+        batch = rows[start:start + batch_size]
+        images, labels, file_ids = zip(*(dataset[i] for i in batch))
+        images = torch.stack(images).to(device)
+        batch_probs = probs[start:start + len(batch)]
+        scores = batch_probs.argmax(-1)
+        maps = zone_cams(model, images, scores)
+        pred_csi = predicted_csi(scores, batch_probs)
+        for k, file_id in enumerate(file_ids):
+            truth = labels[k].numpy()
+            true_csi = csi_from_scores(truth)
+            title = f"{file_id}" + (f" · {captions[start + k]}" if captions else "") + f"\nCSI pred {pred_csi[k]:.2f}"
+            if not np.isnan(true_csi):
+                title += f", true {true_csi:.2f}"
+            path = out_dir / f"{file_id}.png"
+            plot_zone_saliency(images[k, 0].cpu().numpy(), maps[k], scores[k],
+                               None if np.isnan(true_csi) else truth, title, path)
+            paths.append(path)
+    return paths
