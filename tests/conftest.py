@@ -1,8 +1,9 @@
-"""Shared fixtures: a tiny real dataset on disk and a runner for `python main.py`."""
+"""Shared fixtures: a tiny real dataset on disk, a runner for `python main.py`, a headless Chromium."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,22 @@ def run_main(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600)
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of a headless-capable Chromium; Debian's package is installed when missing (as root)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from chromium import find_chromium
+
+    if find_chromium() is None and shutil.which("apt-get") and os.geteuid() == 0:
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ,
+                                                                                 "DEBIAN_FRONTEND": "noninteractive"})
+            if done.returncode != 0:
+                pytest.skip(f"chromium is not installed and `{' '.join(command)}` failed: "
+                            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed and cannot be (needs apt-get as root): apt-get install chromium")
+    return binary

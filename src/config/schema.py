@@ -260,6 +260,10 @@ class EvaluationConfig:
         "best", "Which checkpoint of a run eval uses.", choices=("best", "last")
     )
     batch_size: int = key(64, "Images per batch during evaluation and prediction.", min=1)
+    saliency_largest_error: int = key(
+        6, "eval: Grad-CAM figures (in report.html) of this many test images with the largest CSI error.", min=0)
+    saliency_random: int = key(
+        6, "eval: and of this many other test images drawn at random with [Training] seed.", min=0)
 
 
 @dataclass(frozen=True)

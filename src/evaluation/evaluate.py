@@ -15,8 +15,10 @@ from src.data.load import load_data
 from src.data.zones import CLASS_NAMES, ZONES
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
+from src.evaluation.report import EvaluationRun, write_evaluation_report
+from src.evaluation.saliency import explain_selected_images
 from src.models.factory import load_trained_model
-from src.training.loop import LoopSettings, place_model, predict_batches
+from src.training.loop import LoopSettings, Predictions, place_model, predict_batches
 from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
 from src.utils.device import resolve_device
@@ -46,8 +48,8 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
 
 def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,
                    splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
-    """Metrics per split; writes metrics.json, predictions_<split>.csv and PNG figures to
-    <run>/evaluation/."""
+    """Metrics per split; writes metrics.json, predictions_<split>.csv, PNG figures, Grad-CAM
+    strips of test images (saliency/) and report.html to <run>/evaluation/."""
     checkpoint_path = resolve_checkpoint(cfg, run, checkpoint)
     model, trained_cfg, state = load_trained_model(cfg, checkpoint_path)
     run_dir = checkpoint_path.parent
@@ -59,30 +61,40 @@ def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None =
     low, high = trained_cfg.evaluation.ahf_low_threshold, trained_cfg.evaluation.ahf_high_threshold
     out = run_dir / "evaluation"
     results: dict[str, dict[str, float]] = {}
+    predictions: dict[str, Predictions] = {}
+    figures: dict[str, list[Path]] = {"confusion": [], "training_curves": [], "saliency": []}
     for split in splits:
         dataset = data.dataset(split)
         if len(dataset) == 0:
             continue
         loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
-        pred = predict_batches(model, loader, device, settings, desc=f"evaluate {split}")
+        pred = predictions[split] = predict_batches(model, loader, device, settings, desc=f"evaluate {split}")
         y_pred = pred.probs.argmax(-1)
         results[split] = compute_all_metrics(pred.targets, y_pred, pred.probs, low, high)
         table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
         atomic_write_with(out / f"predictions_{split}.csv", lambda h, t=table: t.to_csv(h, index=False), binary=False)
         matrices = confusion_matrices(pred.targets, y_pred)
-        plot_confusion_matrices({z: matrices[z] for z in ZONES}, CLASS_NAMES, f"{split}: zones",
-                                out / f"confusion_zones_{split}.png")
-        plot_confusion_matrices({"all zones": matrices["overall"]}, CLASS_NAMES, f"{split}: overall",
-                                out / f"confusion_overall_{split}.png")
-        plot_confusion_matrices({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)},
-                                AHF_CLASSES, f"{split}: AHF class", out / f"confusion_ahf_{split}.png")
+        panels = {"zones": ({z: matrices[z] for z in ZONES}, CLASS_NAMES, "zones"),
+                  "overall": ({"all zones": matrices["overall"]}, CLASS_NAMES, "overall"),
+                  "ahf": ({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)}, AHF_CLASSES,
+                          "AHF class")}
+        for kind, (panel, labels, title) in panels.items():
+            figures["confusion"].append(out / f"confusion_{kind}_{split}.png")
+            plot_confusion_matrices(panel, labels, f"{split}: {title}", figures["confusion"][-1])
     report = {"checkpoint": str(checkpoint_path), "epoch": state.get("epoch"), "arch": state["arch"],
               "metrics": results}
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
     history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
     if all(p.is_file() for p in history):
         train_h, val_h = (json.loads(p.read_text()) for p in history)
-        plot_training_curves(train_h, val_h, out / "training_curves.png")
+        figures["training_curves"].append(out / "training_curves.png")
+        plot_training_curves(train_h, val_h, figures["training_curves"][-1])
+    evaluation = EvaluationRun(trained_cfg, checkpoint_path, state, data, predictions, results, out, figures)
+    if "test" in predictions:
+        figures["saliency"] = explain_selected_images(
+            model, data.dataset("test"), predictions["test"], cfg.evaluation.saliency_largest_error,
+            cfg.evaluation.saliency_random, trained_cfg.training.seed, out / "saliency")
+    write_evaluation_report(evaluation)
     return results
 
 
