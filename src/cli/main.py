@@ -25,6 +25,8 @@ MODES: dict[str, tuple[str, str]] = {
                  "search hyperparameters with Optuna ([Hyperopt]; --n-trials, --storage, ...)"),
     "train-optimized": ("src.cli.hyperopt:run_train_optimized",
                         "train with the best hyperparameters: --hyperparams best_params.json | --study-name"),
+    "explain": ("src.cli.explain:run_explain",
+                "per-zone Grad-CAM overlays and index.html: --input DIR|CSV --output DIR [--checkpoint FILE]"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
 }
@@ -56,7 +58,8 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--run", type=click.Path(file_okay=False), help="eval/predict: a run directory (default: latest).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
-@click.option("--output", type=click.Path(dir_okay=False), help="predict: CSV to write (default predictions.csv).")
+@click.option("--output", type=click.Path(),
+              help="predict: CSV to write (default predictions.csv); explain: folder to write.")
 @click.option("--resume", type=click.Path(exists=True),
               help="train: continue a run in place from RUN_DIR (its last_model.pth) or a checkpoint.")
 @click.option("--fast-dev-run", is_flag=True, help="train: one batch of train and val, nothing written.")

@@ -18,8 +18,8 @@ from src.data.readers import SUPPORTED_EXTENSIONS
 from src.data.zones import UNKNOWN, ZONES
 from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
-from src.models.factory import load_trained_model
-from src.training.loop import predict_batches
+from src.models.factory import CSIModel, load_trained_model
+from src.training.loop import Predictions, predict_batches
 from src.utils.errors import DataError
 from src.utils.io import atomic_write_with
 
@@ -39,11 +39,11 @@ def collect_inputs(cfg: Config, source: Path) -> pd.DataFrame:
     return table.assign(path=[str(p) if p else "" for p in paths])
 
 
-def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
-    """Score the images of `source` into `output` (CSV); returns the table written."""
+def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path) -> tuple[CSIModel, Config, CSIDataset]:
+    """A checkpoint's model, the config it was trained with, and the usable images of `source`
+    prepared as in training (found via today's [Data] image_dir), with Unknown labels."""
     model, trained_cfg, _ = load_trained_model(cfg, Path(checkpoint))
     inputs = collect_inputs(cfg, Path(source))
-    # Pixels prepared as in training (the checkpoint's settings); images found via today's image_dir.
     data = dataclasses.replace(trained_cfg.data, image_dir=cfg.data.image_dir)
     cache, cache_index, _ = cache_images(inputs["FileID"].tolist(),
                                          [Path(p) if p else None for p in inputs["path"]], data, source)
@@ -54,10 +54,22 @@ def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, outp
                                     trained_cfg.data.normalization_std)
     dataset = CSIDataset(cache.images, cache_index[cache_index >= 0], np.full((len(usable), len(ZONES)), UNKNOWN),
                          usable["FileID"].tolist(), mean, std)
+    return model, trained_cfg, dataset
+
+
+def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset) -> tuple[Predictions, pd.DataFrame]:
+    """Predictions for every image of `dataset`, and their table (see predictions_table)."""
     device, settings = loop_settings(trained_cfg, model)
     pred = predict_batches(model, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
                            device, settings)
     table = predictions_table(pred.file_ids, pred.probs, None, trained_cfg.evaluation.ahf_low_threshold,
                               trained_cfg.evaluation.ahf_high_threshold)
+    return pred, table
+
+
+def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
+    """Score the images of `source` into `output` (CSV); returns the table written."""
+    model, trained_cfg, dataset = prepare_scoring(cfg, checkpoint, source)
+    _, table = score_dataset(model, trained_cfg, dataset)
     atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
     return table
