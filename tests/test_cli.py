@@ -48,6 +48,10 @@ def test_check_prints_summary(project):
     (["--set", "Model.model_arch=resnet5"], "did you mean 'resnet50'"),
     (["--config", "missing.ini"], "missing.ini: config file not found"),
     (["--epochs", "zero"], "--epochs = 'zero' is not allowed"),
+    (["--set", "Callbacks.monitor=val_nope"], "--set Callbacks.monitor = 'val_nope' is not allowed: expected a "
+                                               "metric of validation_history.json"),
+    (["--set", "Callbacks.monitor=val_f1macro"], "did you mean 'val_f1_macro'"),
+    (["--set", "Hyperopt.metric=val_qwk_right"], "did you mean 'val_qwk_right_sup'"),
 ])
 def test_bad_config_exits_2_with_one_line_and_writes_nothing(tmp_path, project, args, fragment):
     (tmp_path / "config").mkdir()

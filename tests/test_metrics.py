@@ -4,12 +4,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import pearsonr
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, precision_score, recall_score
 
 from src.data.zones import UNKNOWN, ZONES
 from src.training.metrics import (
     AHF_CLASSES,
+    METRIC_NAMES,
+    VALIDATION_METRICS,
     ahf_class,
     ahf_confusion_matrix,
     compute_ahf_classification_metrics,
@@ -23,6 +26,8 @@ from src.training.metrics import (
     expected_csi,
     expected_scores,
 )
+from src.training.loop import LoopSettings, validate_epoch
+from src.training.loss import WeightedCSILoss
 
 # Zones: right_sup, left_sup, right_mid, left_mid, right_inf, left_inf.
 HAND_TRUE = np.array([
@@ -245,3 +250,17 @@ def test_weights_count_each_image_as_often_as_repeating_it():
         expected = compute_all_metrics(y_true[copies], y_pred[copies], probs[copies])
         for key, value in expected.items():
             assert weighted[key][b] == pytest.approx(value, nan_ok=True), key
+
+
+def test_published_names_are_what_an_epoch_reports():
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 5, (20, 6)), rng.integers(0, 5, (20, 6))
+    probs = rng.dirichlet(np.ones(5), (20, 6))
+    assert sorted(compute_all_metrics(y_true, y_pred, probs)) == sorted(METRIC_NAMES)
+    assert len(set(METRIC_NAMES)) == len(METRIC_NAMES)
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 30), torch.nn.Unflatten(1, (6, 5)))
+    batches = [(torch.randn(5, 1, 2, 2), torch.from_numpy(y_true[i * 5:(i + 1) * 5]), [str(i)] * 5)
+               for i in range(4)]
+    reported = validate_epoch(model, batches, WeightedCSILoss(), torch.device("cpu"), 1, LoopSettings(progress=False))
+    assert sorted(reported) == sorted({"epoch", "val_images", *VALIDATION_METRICS})

@@ -64,9 +64,20 @@ def _canonical_key(section: str, name: str, origin: str) -> str:
     return name
 
 
+def _validation_metrics() -> tuple[str, ...]:
+    # Imported here, not above: the metric names belong to the training layer, and its numerical
+    # libraries are not needed to read a config that names no metric.
+    from src.training.metrics import VALIDATION_METRICS
+
+    return VALIDATION_METRICS
+
+
 def describe_allowed(fld: dataclasses.Field) -> str:
     """Human description of what a key accepts, e.g. 'an integer >= 1'."""
     meta, kind = fld.metadata, fld.type
+    if meta["metric"]:
+        return ("a metric of validation_history.json, e.g. val_loss, val_f1_macro, val_qwk, val_csi_mae, "
+                "val_ahf_accuracy, val_f1_macro_right_sup")
     if meta["choices"]:
         return "one of " + ", ".join(meta["choices"] + tuple(meta["aliases"]))
     if kind == "bool":
@@ -114,6 +125,8 @@ def parse_value(fld: dataclasses.Field, raw: Any, where: str) -> Any:
         if lowered not in meta["choices"]:
             raise ConfigError(problem + _did_you_mean(value, list(meta["choices"])))
         return lowered
+    if meta["metric"] and value not in _validation_metrics():
+        raise ConfigError(problem + _did_you_mean(value, list(_validation_metrics())))
     if meta["min"] is not None and (value < meta["min"] or (meta["min_exclusive"] and value == meta["min"])):
         raise ConfigError(problem)
     if meta["max"] is not None and value > meta["max"]:

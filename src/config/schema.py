@@ -23,8 +23,12 @@ def key(
     max: float | None = None,
     min_exclusive: bool = False,
     flag: str | None = None,
+    metric: bool = False,
 ) -> Any:
-    """Declare one config key: default plus the metadata the rest of the tool reads."""
+    """Declare one config key: default plus the metadata the rest of the tool reads.
+
+    `metric`: the value names a validation metric, checked against the names src/training/metrics.py
+    publishes."""
     meta = {
         "help": help,
         "choices": choices,
@@ -33,6 +37,7 @@ def key(
         "max": max,
         "min_exclusive": min_exclusive,
         "flag": flag,
+        "metric": metric,
     }
     return field(default=default, metadata=meta)
 
@@ -197,7 +202,8 @@ class CallbacksConfig:
     monitor: str = key(
         "val_f1_macro",
         "Validation metric that picks the best checkpoint, drives early stopping and the plateau "
-        "scheduler (any key of validation_history.json).",
+        "scheduler.",
+        metric=True,
     )
     mode: str = key(
         "auto",
@@ -307,7 +313,8 @@ class HyperoptConfig:
     max_epochs: int = key(10, "Epoch budget of each trial (train-optimized uses [Training] n_epochs).",
                           min=1, flag="--max-epochs")
     n_jobs: int = key(1, "Trials run in parallel threads of this process.", min=1, flag="--n-jobs")
-    metric: str = key("val_f1_macro", "Validation metric to optimise (any validation history key).")
+    metric: str = key("val_f1_macro", "Validation metric to optimise.",
+                      metric=True)
     direction: str = key("maximize", "Whether the metric should go up or down.",
                          choices=("maximize", "minimize"))
     output_dir: str = key("models/hyperopt", "Where <study>/best_params.json, trials.csv and plots go.")

@@ -31,6 +31,18 @@ AHF_CLASSES = ("low", "medium", "high")
 ALL_CLASSES = (*KNOWN_CLASSES, UNKNOWN)
 _QWK_WEIGHTS = np.subtract.outer(KNOWN_CLASSES, KNOWN_CLASSES) ** 2.0  # squared distance between scores
 
+_PER_ZONE = ("f1_macro", "precision_macro", "recall_macro", "accuracy", "qwk")  # pooled and `_<zone>`
+_CSI = ("csi_mae", "csi_rmse", "csi_pearson")  # and `_expected` when probabilities are given
+# Every key compute_all_metrics returns (given probs): the one published list of metric names.
+METRIC_NAMES: tuple[str, ...] = (
+    *(f"{name}{suffix}" for name in _PER_ZONE for suffix in ("", *(f"_{zone}" for zone in ZONES))),
+    "f1_weighted", "unknown_pred_rate", "unknown_recall", "csi_n_undefined_pred",
+    *_CSI, *(f"{name}_expected" for name in _CSI), "ahf_accuracy", "ahf_f1_macro",
+)
+# What a validation epoch reports (validation_history.json, minus `epoch` and the `val_images` count):
+# the names [Callbacks] monitor and [Hyperopt] metric may take.
+VALIDATION_METRICS: tuple[str, ...] = ("val_loss", *(f"val_{name}" for name in METRIC_NAMES))
+
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     arrays = []
