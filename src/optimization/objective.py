@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import gc
 import math
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +24,9 @@ from src.data.load import DataBundle, load_data
 from src.optimization.search_space import suggest
 from src.optimization.study import study_dir, worker_id
 from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
-from src.training.loop import TrainingDiverged
 from src.training.trainer import train_model
-from src.utils.errors import ConfigError
-
-
-class TrialFailed(Exception):
-    """A trial that ran out of memory, diverged or got values its training refused; the study goes on."""
-
-
-class UnknownMetric(ConfigError):
-    """[Hyperopt] metric names no validation metric: every trial would fail alike, so the study stops."""
+from src.utils.errors import ConfigError, TrainingDiverged, TrialFailed
+from src.utils.run_dir import create_run_dir
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -47,8 +40,9 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class DataCache:
-    """Datasets shared by trials whose [Data] settings and split seed agree: nothing is reloaded."""
+class SharedDatasets:
+    """Loaded datasets (in memory) shared by trials whose [Data] settings and split seed agree: nothing
+    is reloaded. The decoded images on disk are src/data/cache.py's."""
 
     def __init__(self) -> None:
         self._bundles: dict[tuple, DataBundle] = {}
@@ -63,23 +57,26 @@ class DataCache:
 
 
 class Objective:
-    """Called by Optuna once per trial; returns the trial's best per-epoch value of [Hyperopt] metric."""
+    """Called by Optuna once per trial; returns the trial's best per-epoch value of [Hyperopt] metric.
 
-    def __init__(self, cfg: Config, space: dict[str, BaseDistribution], data: DataCache) -> None:
-        self.cfg, self.space, self.data = cfg, space, data
+    `suggest_params(trial)` gives the trial's 'Section.key' values (default: one of every key of `space`).
+    """
+
+    def __init__(self, cfg: Config, space: dict[str, BaseDistribution], data: SharedDatasets,
+                 suggest_params: Callable[[optuna.Trial], dict[str, Any]] | None = None) -> None:
+        self.cfg, self.data = cfg, data
+        self.suggest_params = suggest_params or partial(suggest, space=space)
         self.trials_dir = study_dir(cfg) / "trials"
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", worker_id())
-        params = suggest(trial, self.space)
+        params = self.suggest_params(trial)
         cfg = self._trial_config(trial, params)
+        # Made here, not by the training, so that a pruned or failed trial also records where it ran.
+        run_dir = create_run_dir(self.trials_dir, cfg.model.model_arch, cfg.training.run_name)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
         with self._wandb_logger(trial, cfg) as wandb_logger:
-            try:
-                return self._train(trial, cfg, params, wandb_logger)
-            finally:
-                runs = sorted(self.trials_dir.glob(f"*_trial{trial.number}"))
-                if runs:
-                    trial.set_user_attr("run_dir", str(runs[-1].resolve()))
+            return self._train(trial, cfg, params, run_dir, wandb_logger)
 
     def _trial_config(self, trial: optuna.Trial, params: dict[str, Any]) -> Config:
         fixed = {"Training.n_epochs": self.cfg.hyperopt.max_epochs,
@@ -90,15 +87,11 @@ class Objective:
             trial.set_user_attr("fail_reason", str(exc))
             raise TrialFailed(str(exc)) from None
 
-    def _train(self, trial: optuna.Trial, cfg: Config, params: dict[str, Any], wandb_logger) -> float:
-        metric, values = self.cfg.hyperopt.metric, []
+    def _train(self, trial: optuna.Trial, cfg: Config, params: dict[str, Any], run_dir: Path,
+               wandb_logger) -> float:
+        metric, values = self.cfg.hyperopt.metric, []  # the config's validation checked the name
 
         def on_epoch_end(epoch: int, metrics: dict) -> None:
-            if metric not in metrics:
-                close = difflib.get_close_matches(metric, [k for k in metrics if k.startswith("val_")], n=3)
-                raise UnknownMetric(f"[Hyperopt] metric = {metric}: not a validation metric"
-                                  + (f" (did you mean {' or '.join(close)}?)" if close else "")
-                                  + "; any key of a run's validation_history.json is allowed")
             if wandb_logger is not None:
                 wandb_logger.log_epoch(epoch, metrics)
             value = float(metrics[metric])
@@ -115,9 +108,8 @@ class Objective:
         quiet = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, wandb_project=""))
         failure = None
         try:
-            train_model(quiet, self.data.get(cfg), on_epoch_end=on_epoch_end, provenance=provenance)
-        except UnknownMetric:
-            raise
+            train_model(quiet, self.data.get(cfg), on_epoch_end=on_epoch_end, provenance=provenance,
+                        run_dir=run_dir)
         except (TrainingDiverged, ConfigError) as exc:  # ConfigError: e.g. a batch above the train split
             failure = str(exc)
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
@@ -125,6 +117,9 @@ class Objective:
                 raise
             failure = f"out of memory: {str(exc).splitlines()[0]}"
         if failure is not None:
+            if not any(path.is_file() for path in run_dir.rglob("*")):  # refused before writing anything
+                shutil.rmtree(run_dir, ignore_errors=True)
+                trial.set_user_attr("run_dir", None)
             release_memory()  # outside the except block: the failed run's frames and tensors are gone
             trial.set_user_attr("fail_reason", failure)
             raise TrialFailed(failure)
@@ -159,6 +154,6 @@ def keep_best_checkpoints(study: optuna.Study) -> None:
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     best = study.best_trial.number if complete else None
     for trial in finished:
-        if trial.number != best and "run_dir" in trial.user_attrs:
+        if trial.number != best and trial.user_attrs.get("run_dir"):
             for checkpoint in Path(trial.user_attrs["run_dir"]).glob("*.pth"):
                 checkpoint.unlink(missing_ok=True)

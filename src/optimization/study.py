@@ -162,11 +162,14 @@ def make_pruner(hp: HyperoptConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(cfg: Config, space: dict[str, BaseDistribution], storage: BaseStorage) -> optuna.Study:
-    """Create the study or join the stored one of the same name (whose metric/direction must match)."""
+def open_study(cfg: Config, space: dict[str, BaseDistribution], storage: BaseStorage,
+               sampler: BaseSampler | None = None, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    """Create the study or join the stored one of the same name (whose metric/direction must match);
+    sampler and pruner default to the [Hyperopt] ones."""
     hp = cfg.hyperopt
     study = optuna.create_study(storage=storage, study_name=hp.study_name, direction=hp.direction,
-                                sampler=make_sampler(cfg, space), pruner=make_pruner(hp), load_if_exists=True)
+                                sampler=sampler or make_sampler(cfg, space), pruner=pruner or make_pruner(hp),
+                                load_if_exists=True)
     stored_direction = study.direction.name.lower()
     stored_metric = study.user_attrs.get("metric", hp.metric)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

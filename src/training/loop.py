@@ -18,11 +18,10 @@ from src.training.loss import softmax_probabilities
 from src.training.metrics import compute_all_metrics
 from src.utils.device import autocast, resolve_precision, use_channels_last
 from src.utils.distributed import DistInfo, average_scalar, gather_objects
-from src.utils.errors import CSIError
+from src.utils.errors import TrainingDiverged
 
-
-class TrainingDiverged(CSIError):
-    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+__all__ = ["LoopSettings", "Predictions", "TrainingDiverged", "place_model", "predict_batches", "train_epoch",
+           "validate_epoch"]
 
 
 @dataclass

@@ -112,7 +112,7 @@ class _Trainer:
     """One training run's state; `fit` runs the epochs. Split out of train_model for readability."""
 
     def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: Path | None,
-                 provenance: str = "") -> None:
+                 provenance: str = "", run_dir: Path | None = None) -> None:
         self.cfg, self.debug = cfg, debug
         seed_everything(cfg.training.seed)
         self.device = resolve_device(cfg.training.device)
@@ -151,7 +151,7 @@ class _Trainer:
         self.progress = _Progress()
         self.start_epoch = 1
         self.net = wrap_model(self.model, cfg.training.compile, self.dist, self.device)
-        self.run_dir = self._prepare_run_dir(resume, provenance)
+        self.run_dir = self._prepare_run_dir(resume, provenance, run_dir)
         if resume is not None:
             self._restore(resume)
 
@@ -178,15 +178,15 @@ class _Trainer:
             raise ConfigError(f"[Training] batch_size = {batch}: too few training images for "
                               f"{dist.world_size} processes")
 
-    def _prepare_run_dir(self, resume: Path | None, provenance: str) -> Path | None:
-        """The run directory: the resumed one, or a new one holding config.ini and split.csv (whose
-        config text every checkpoint embeds; a resumed run takes it from its checkpoint)."""
+    def _prepare_run_dir(self, resume: Path | None, provenance: str, given: Path | None) -> Path | None:
+        """The run directory: the resumed one, the given one or a new one, holding config.ini and
+        split.csv (whose config text every checkpoint embeds; a resumed run takes it from its checkpoint)."""
         cfg = self.cfg
         if self.debug.fast_dev_run:
             return None
         run_dir = None
         if self.dist.is_main:
-            run_dir = resume.parent if resume else create_run_dir(
+            run_dir = resume.parent if resume else given or create_run_dir(
                 cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
         run_dir = broadcast_object(run_dir, self.dist)
         if resume is None:
@@ -257,10 +257,7 @@ class _Trainer:
         train_metrics = train_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.device,
                                     epoch, self.settings)
         val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings)
-        value = val_metrics.get(self.monitor)
-        if value is None:
-            raise ConfigError(f"[Callbacks] monitor = {self.monitor}: not a validation metric; "
-                              f"choose one of {', '.join(k for k in val_metrics if k != 'epoch')}")
+        value = val_metrics[self.monitor]  # a published name: the config's validation checked it
         self.progress.train_history.append(train_metrics)
         self.progress.val_history.append(val_metrics)
         tracker.update({**train_metrics, **val_metrics})
@@ -310,14 +307,16 @@ class _Trainer:
 
 def train_model(cfg: Config, data: DataBundle | None = None,
                 on_epoch_end: Callable[[int, dict], None] | None = None, provenance: str = "",
-                resume: str | Path | None = None, debug: DebugRun = DebugRun()) -> TrainResult:
-    """Train per `cfg` in a new run directory, or continue the run of `resume` in place.
+                resume: str | Path | None = None, debug: DebugRun = DebugRun(),
+                run_dir: Path | None = None) -> TrainResult:
+    """Train per `cfg` in a new run directory (or the empty `run_dir` given), or continue the run of
+    `resume` in place.
 
     `data` lets callers (hyperopt) reuse loaded data; `on_epoch_end(epoch, metrics)` is called after
     each epoch's checkpoints are written and may raise to stop training (e.g. optuna.TrialPruned);
     `provenance` is added to the header of the run's config.ini (e.g. which values a study chose).
     """
-    trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None, provenance)
+    trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None, provenance, run_dir)
     try:
         return trainer.fit(on_epoch_end)
     finally:

@@ -15,3 +15,11 @@ class DataError(CSIError):
 
 class CheckpointError(CSIError):
     """A checkpoint that is missing, corrupt or belongs to another model."""
+
+
+class TrainingDiverged(CSIError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+class TrialFailed(CSIError):
+    """A search trial that ran out of memory, diverged or got values its training refused; the study goes on."""
