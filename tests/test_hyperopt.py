@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 from src.cli.hyperopt import run_hyperopt, run_train_optimized
 from src.config.loader import get_value, load_config
 from src.config.schema import Config, HyperoptConfig
+from src.optimization.runner import run_study
 from src.optimization.search_space import grid, parse_space, parse_spec, suggest
 from src.optimization.study import TrialSeededSampler, make_pruner, make_sampler
 from src.utils.errors import ConfigError
@@ -361,3 +363,35 @@ def test_every_sampler_searches_the_space(sampler):
     for t in study.trials:
         assert t.state == TrialState.COMPLETE and set(t.params) == set(space)
         assert t.params["Training.batch_size"] in (4, 8) and 0.1 <= t.params["Model.dropout"] <= 0.5
+
+
+def test_hyperopt_cli_is_a_thin_shell_over_the_runner(tmp_path, data_dir, monkeypatch):
+    """A notebook or a sweep backend runs a study through run_study with its own space, sampler and hooks."""
+    root = make_project(tmp_path, data_dir, study_name="nb", max_epochs=1, n_trials=2)
+    monkeypatch.chdir(root)
+    cfg = load_config("config/config.ini", env={})
+    space = {"Model.dropout": CategoricalDistribution([0.1, 0.3])}
+
+    def suggest_params(trial) -> dict:
+        return {**suggest(trial, space), "Training.learning_rate": 0.002}
+
+    finished = []
+    outcome = run_study(cfg, space=space, sampler=optuna.samplers.GridSampler({"Model.dropout": [0.1, 0.3]}),
+                        pruner=optuna.pruners.NopPruner(), suggest_params=suggest_params,
+                        callbacks=[lambda study, trial: finished.append(trial.number)])
+    trials = outcome.study.trials
+    assert finished == [0, 1] and not outcome.interrupted
+    assert sorted(t.params["Model.dropout"] for t in trials) == [0.1, 0.3]
+    assert outcome.best_params["best_trial"] == outcome.study.best_trial.number
+    assert (outcome.report_dir / "best_params.json").is_file() and (outcome.report_dir / "trials.csv").is_file()
+    for t in trials:  # each trial trained with its values and the hook's fixed one, in its recorded run
+        trained = load_config(Path(t.user_attrs["run_dir"]) / "config.ini", env={})
+        assert (trained.model.dropout, trained.training.learning_rate) == (t.params["Model.dropout"], 0.002)
+
+    # The CLI holds no search logic: from src/optimization it takes the runner, the summary and a path.
+    tree = ast.parse((REPO / "src" / "cli" / "hyperopt.py").read_text())
+    imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for alias in node.names if node.module.startswith("src.optimization")}
+    assert imported == {("src.optimization.runner", "run_study"), ("src.optimization.runner", "train_best"),
+                        ("src.optimization.report", "summary"), ("src.optimization.study", "display_location")}
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "optimize"]

@@ -65,8 +65,8 @@ def _canonical_key(section: str, name: str, origin: str) -> str:
 
 
 def _validation_metrics() -> tuple[str, ...]:
-    # Imported here, not above: the metric names belong to the training layer, and its numerical
-    # libraries are not needed to read a config that names no metric.
+    # Imported on use: the names are published by the training layer, which the config package
+    # must not need merely to be imported.
     from src.training.metrics import VALIDATION_METRICS
 
     return VALIDATION_METRICS
