@@ -9,6 +9,8 @@ from scipy.stats import pearsonr
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, precision_score, recall_score
 
 from src.data.zones import UNKNOWN, ZONES
+from src.training.loop import LoopSettings, validate_epoch
+from src.training.loss import WeightedCSILoss
 from src.training.metrics import (
     AHF_CLASSES,
     METRIC_NAMES,
@@ -26,8 +28,6 @@ from src.training.metrics import (
     expected_csi,
     expected_scores,
 )
-from src.training.loop import LoopSettings, validate_epoch
-from src.training.loss import WeightedCSILoss
 
 # Zones: right_sup, left_sup, right_mid, left_mid, right_inf, left_inf.
 HAND_TRUE = np.array([
