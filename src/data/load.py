@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from src.config.schema import Config, DataConfig
 from src.data.cache import CacheSettings, ImageCache, build_cache
-from src.data.dataset import CSIDataset
 from src.data.labels import SPLITS, read_labels
 from src.data.locate import locate_images
 from src.data.preprocess import normalization_stats
@@ -19,6 +19,9 @@ from src.data.split import assign_splits
 from src.data.zones import ZONES
 from src.utils.errors import DataError
 from src.utils.logging import logger
+
+if TYPE_CHECKING:
+    from src.data.dataset import CSIDataset
 
 _LISTED = 10  # FileIDs named in an error message before "and N more"
 
@@ -36,6 +39,8 @@ class DataBundle:
         return rows[list(ZONES)].to_numpy(dtype=np.int64)
 
     def dataset(self, split: str) -> CSIDataset:
+        from src.data.dataset import CSIDataset  # torch (2 s to import): not for modes that only check data
+
         rows = self.table[self.table["split"] == split]
         return CSIDataset(self.cache.images, rows["cache_index"].to_numpy(), self.labels(split),
                           rows["FileID"].tolist(), self.mean, self.std)
