@@ -17,6 +17,7 @@ from src.training.metrics import (
     VALIDATION_METRICS,
     ahf_class,
     ahf_confusion_matrix,
+    classification_from_confusion,
     compute_ahf_classification_metrics,
     compute_all_metrics,
     compute_csi_average_metrics,
@@ -264,3 +265,15 @@ def test_published_names_are_what_an_epoch_reports():
                for i in range(4)]
     reported = validate_epoch(model, batches, WeightedCSILoss(), torch.device("cpu"), 1, LoopSettings(progress=False))
     assert sorted(reported) == sorted({"epoch", "val_images", *VALIDATION_METRICS})
+
+
+def test_classification_from_summed_confusion_counts_matches_the_label_arrays():
+    rng = np.random.default_rng(3)
+    y_true, y_pred = rng.integers(0, 5, (40, 6)), rng.integers(0, 5, (40, 6))
+    counts = np.zeros(25, dtype=int)
+    for batch in range(0, 40, 8):  # summed batch by batch, as train_epoch does
+        counts += np.bincount((y_true[batch:batch + 8] * 5 + y_pred[batch:batch + 8]).ravel(), minlength=25)
+    from_counts = classification_from_confusion(counts.reshape(5, 5))
+    expected = compute_all_metrics(y_true, y_pred)
+    for name in ("f1_macro", "f1_weighted", "precision_macro", "recall_macro", "accuracy"):
+        assert from_counts[name] == pytest.approx(expected[name])

@@ -15,10 +15,12 @@ from tqdm import tqdm
 from src.config.schema import Config
 from src.training.callbacks import AverageMeter
 from src.training.loss import softmax_probabilities
-from src.training.metrics import compute_all_metrics
+from src.training.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
 from src.utils.device import autocast, resolve_precision, use_channels_last
 from src.utils.distributed import DistInfo, average_scalar, gather_objects
 from src.utils.errors import TrainingDiverged
+
+_POSTFIX_INTERVAL_S = 1.0  # the progress bar's loss needs a host read: not every step
 
 __all__ = ["LoopSettings", "Predictions", "TrainingDiverged", "place_model", "predict_batches", "train_epoch",
            "validate_epoch"]
@@ -69,8 +71,9 @@ def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.tensor(0.0)
+    # One fused norm over every gradient (foreach on CPU and CUDA): a norm per parameter cost ~30
+    # small kernels per step on custom_cnn, 170 on resnet50.
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
 def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings) -> float:
@@ -109,9 +112,13 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput."""
     settings = settings or LoopSettings()
     model.train()
-    loss_meter, norm_meter = AverageMeter(), AverageMeter()
-    predictions, targets_seen = [], []
-    skipped, images_seen, started = 0, 0, time.perf_counter()
+    # Per-step bookkeeping stays on the device: the loss sum and the training confusion counts are
+    # read once per epoch (and for the progress bar at most once a second), so no step waits on a
+    # host transfer beyond the one finiteness check that decides whether its gradient is kept.
+    loss_sum, loss_count = torch.zeros((), device=device), 0
+    confusion = torch.zeros(len(ALL_CLASSES) ** 2, dtype=torch.long, device=device)
+    norm_meter = AverageMeter()
+    skipped, images_seen, started, shown = 0, 0, time.perf_counter(), 0.0
     accumulation, n_batches = settings.grad_accumulation, len(loader)
     optimizer.zero_grad(set_to_none=True)
     group_has_gradient = False
@@ -133,7 +140,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
             # Dividing by the group size makes the summed gradient that of one big batch.
             scaled = loss / group_size
             (settings.scaler.scale(scaled) if settings.scaler else scaled).backward()
-            loss_meter.update(loss.item(), len(images))
+            loss_sum += loss.detach() * len(images)
+            loss_count += len(images)
             group_has_gradient = True
         else:
             skipped += 1
@@ -148,19 +156,21 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
                     settings.nonfinite_streak = 0
                     norm_meter.update(norm)
             group_has_gradient = False
-        predictions.append(settings.probabilities(logits.detach().float()).argmax(-1).cpu())
-        targets_seen.append(targets.cpu())
+        predicted = settings.probabilities(logits.detach().float()).argmax(-1)
+        confusion += torch.bincount((targets * len(ALL_CLASSES) + predicted).flatten(), minlength=confusion.numel())
         images_seen += len(images)
-        bar.set_postfix(loss=f"{loss_meter.average:.4f}",
-                        img_s=f"{images_seen / (time.perf_counter() - started):.1f}")
+        if settings.progress and time.perf_counter() - shown >= _POSTFIX_INTERVAL_S:
+            shown = time.perf_counter()
+            bar.set_postfix(loss=f"{float(loss_sum) / max(loss_count, 1):.4f}",
+                            img_s=f"{images_seen / (shown - started):.1f}", refresh=False)
     elapsed = time.perf_counter() - started
     # Metrics over every rank's batches, not this rank's share alone.
-    parts = gather_objects((torch.cat(targets_seen), torch.cat(predictions)), settings.dist)
-    metrics = compute_all_metrics(torch.cat([t for t, _ in parts]).numpy(), torch.cat([p for _, p in parts]).numpy(),
-                                  ahf_low=settings.ahf_low, ahf_high=settings.ahf_high)
+    counts = sum(gather_objects(confusion.cpu().numpy(), settings.dist))
+    metrics = classification_from_confusion(counts.reshape(len(ALL_CLASSES), len(ALL_CLASSES)))
+    train_loss = float(loss_sum) / loss_count if loss_count else math.nan
     return {
         "epoch": epoch,
-        "train_loss": average_scalar(loss_meter.average, loss_meter.count, settings.dist),
+        "train_loss": average_scalar(train_loss, loss_count, settings.dist),
         "train_f1_macro": metrics["f1_macro"],
         "train_accuracy": metrics["accuracy"],
         "lr": optimizer.param_groups[0]["lr"],

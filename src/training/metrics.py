@@ -156,6 +156,14 @@ def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, weights: np.
     return metrics
 
 
+def classification_from_confusion(confusion: np.ndarray) -> dict[str, float]:
+    """f1_macro, f1_weighted, precision_macro, recall_macro and accuracy, all zones pooled, of a
+    [5, 5] count matrix (rows true, columns predicted, classes 0-4): the figures compute_all_metrics
+    gives for the same labels, from counts a training loop sums batch by batch on its device."""
+    confusion = np.asarray(confusion, dtype=float).reshape(1, len(ALL_CLASSES), len(ALL_CLASSES))
+    return _finish(_classification(confusion, len(KNOWN_CLASSES)), None)
+
+
 def _pick(metrics: dict, names: tuple[str, ...], weights: np.ndarray | None, pooled_only: tuple[str, ...] = ()) -> dict:
     """The `names` metrics, pooled and per zone (only pooled for `pooled_only`)."""
     suffixes = ("", *(f"_{zone}" for zone in ZONES))
