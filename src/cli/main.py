@@ -29,7 +29,13 @@ MODES: dict[str, tuple[str, str]] = {
                 "per-zone Grad-CAM overlays and index.html: --input DIR|CSV --output DIR [--checkpoint FILE]"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
+    "sweep": ("src.cli.sweep:run_sweep",
+              "create a W&B sweep from --sweep-config (default config/sweep.yaml); prints the agent command"),
+    "sweep-agent": ("src.cli.sweep:run_sweep_agent",
+                    "run runs of a sweep: --sweep-id ID [--count N] [--backend auto|wandb|local]"),
+    "sweep-run": ("src.cli.sweep:run_sweep_run", "one sweep run, as a sweep agent starts it"),
 }
+SWEEP_RUN = "sweep-run"  # the one mode that takes W&B's --name=value arguments
 
 
 def _schema_flags(command):
@@ -47,7 +53,9 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 
 
 @click.command(epilog=_MODE_HELP, context_settings={"help_option_names": ["-h", "--help"],
-                                                    "max_content_width": 110})
+                                                    "max_content_width": 110, "ignore_unknown_options": True,
+                                                    "allow_extra_args": True})
+@click.pass_context
 @click.option("--mode", type=click.Choice(list(MODES)), required=True, help="What to do (see Modes below).")
 @click.option("--config", "config_path", default="config/config.ini", show_default=True,
               help="INI file with the run's configuration.")
@@ -67,9 +75,23 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="train: fit and validate on the first N training batches (debugging).")
 @click.option("--hyperparams", type=click.Path(dir_okay=False),
               help="train-optimized: best_params.json written by hyperopt.")
+@click.option("--sweep-config", type=click.Path(dir_okay=False),
+              help="sweep: the W&B sweep file (default config/sweep.yaml).")
+@click.option("--sweep-name", help="sweep: name (and, on the local backend, id) of the new sweep.")
+@click.option("--sweep-id", help="sweep-agent: the sweep to run, as printed by --mode sweep.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="sweep-agent: runs to do (default: until the sweep is exhausted or stopped).")
+@click.option("--backend", type=click.Choice(["auto", "wandb", "local"]),
+              help="sweep, sweep-agent: W&B's server or Optuna here; auto: W&B when logged in and reachable.")
+@click.option("--project", help="sweep, sweep-agent: W&B project (default [Logging] wandb_project).")
+@click.option("--entity", help="sweep, sweep-agent: W&B entity (default [Logging] wandb_entity).")
+@click.option("--trial", type=click.IntRange(min=0), hidden=True, help="sweep-run: the local run to train.")
 @_schema_flags
-def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str, **options: Any) -> None:
+def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
+        **options: Any) -> None:
     """Train, tune and evaluate models that score chest X-rays with the 6-zone CSI."""
+    if ctx.args and mode != SWEEP_RUN:
+        raise click.UsageError(f"No such option: {ctx.args[0]}", ctx)
     setup_logging(log_level)
     flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
     module_name, function_name = MODES[mode][0].split(":")
@@ -77,7 +99,10 @@ def cli(mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
         cfg = load_config(config_path, overrides, cli=flags)
         add_file_log(cfg.logging.log_dir)
         handler = getattr(importlib.import_module(module_name), function_name)
-        handler(cfg, {k: v for k, v in options.items() if "__" not in k} | {"config_path": config_path})
+        # A sweep agent passes its command line's settings on to the runs it starts.
+        settings = overrides + tuple(f"{key}={value}" for key, value in flags.items())
+        handler(cfg, {k: v for k, v in options.items() if "__" not in k}
+                | {"config_path": config_path, "overrides": settings, "extra_args": tuple(ctx.args)})
     except CSIError as exc:
         if log_level == "debug":
             logger.exception(str(exc))

@@ -77,7 +77,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _write_plots(study: optuna.Study, metric: str, out: Path) -> None:
+def write_plots(study: optuna.Study, metric: str, out: Path) -> None:
     from optuna import visualization
     from optuna.visualization import matplotlib as mpl_visualization
     from plotly.offline import get_plotlyjs
@@ -101,7 +101,7 @@ def write_report(study: optuna.Study, cfg: Config) -> Path:
     payload = best_params(study)
     if payload is not None:
         atomic_write_text(out / "best_params.json", json.dumps(payload, indent=2) + "\n")
-        _write_plots(study, cfg.hyperopt.metric, out)
+        write_plots(study, cfg.hyperopt.metric, out)
     return out
 
 

@@ -1,0 +1,1 @@
+"""W&B sweeps: the sweep file (spec), its distributions, hyperband, and the local (Optuna) and wandb backends."""

@@ -1,0 +1,118 @@
+"""The wandb backend: W&B's server runs the sweep (`wandb.sweep`), W&B's agent starts the runs.
+
+The agent runs the sweep's `command` once per run, each in its own process: by default
+`python main.py --mode sweep-run --config <ini> --sweep-config <yaml> --name=value ...`, the
+values arriving as W&B's `${args}` and, typed, in `wandb.config`. The run checks the sweep file
+again, applies the values onto config.ini with the usual validation and trains, logging every
+epoch (the sweep metric under its own name, which the server's bayes and hyperband read), the
+resolved config and the best checkpoint as an artifact. The server's hyperband stops runs.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from src.config.schema import Config
+from src.sweeps.run import parse_agent_args, run_config, train_run
+from src.sweeps.spec import SweepSpec, load_sweep, values_by_key
+from src.training.loggers import resolve_wandb_mode
+from src.utils.errors import ConfigError
+from src.utils.logging import logger
+
+_PROBE_TIMEOUT_S = 5
+
+
+def wandb_reachable() -> tuple[bool, str]:
+    """(usable, why): W&B credentials are configured and the W&B server answers."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return False, f"WANDB_MODE={os.environ['WANDB_MODE']}"
+    if resolve_wandb_mode("auto") != "online":
+        return False, "no W&B API key is configured (wandb login, WANDB_API_KEY or .netrc)"
+    from wandb.sdk import wandb_setup
+
+    base_url = wandb_setup.singleton().settings.base_url
+    try:
+        urllib.request.urlopen(base_url, timeout=_PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        pass  # the server answered, if only to refuse an anonymous page
+    except (urllib.error.URLError, OSError) as exc:
+        return False, f"the W&B server {base_url} does not answer ({getattr(exc, 'reason', exc)})"
+    return True, f"a W&B API key is configured and {base_url} answers"
+
+
+def _program() -> str:
+    """main.py as the agent's working directory reaches it (relative when it lies below)."""
+    main = Path(__file__).resolve().parents[2] / "main.py"
+    try:
+        return str(main.relative_to(Path.cwd()))
+    except ValueError:
+        return str(main)
+
+
+def sweep_config(spec: SweepSpec, config_path: str) -> dict[str, Any]:
+    """The dict given to wandb.sweep: the file as written, with the program and command that start
+    `--mode sweep-run` filled in where the file leaves them out."""
+    doc = yaml.safe_load(spec.text)
+    doc.setdefault("program", _program())
+    doc.setdefault("command", ["${env}", "${interpreter}", "${program}", "--mode", "sweep-run", "--config",
+                               config_path, "--sweep-config", spec.path, "${args}"])
+    doc.setdefault("metric", {"name": spec.metric, "goal": spec.goal})
+    return doc
+
+
+def create_wandb_sweep(spec: SweepSpec, config_path: str, project: str, entity: str) -> str:
+    import wandb
+
+    return wandb.sweep(sweep_config(spec, config_path), project=project or None, entity=entity or None)
+
+
+def run_wandb_agent(sweep_id: str, count: int | None, project: str, entity: str) -> None:
+    """W&B's agent with no function: each run is the sweep's command, its own process."""
+    import wandb
+
+    wandb.agent(sweep_id, count=count, project=project or None, entity=entity or None)
+
+
+def _wandb_values(run, spec: SweepSpec) -> dict[str, Any]:
+    """The sweep's values found in wandb.config, by parameter name (nested ones under their section)."""
+    values = {}
+    for p in spec.params:
+        head, _, leaf = p.name.partition(".")
+        if p.name in run.config:
+            values[p.name] = run.config[p.name]
+        elif leaf and isinstance(run.config.get(head), dict) and leaf in run.config[head]:
+            values[p.name] = run.config[head][leaf]
+    return values
+
+
+def train_wandb_run(cfg: Config, sweep_file: str, args: list[str]) -> None:
+    """What a W&B agent's run process does (`--mode sweep-run --sweep-config FILE --name=value ...`)."""
+    import wandb
+
+    spec = load_sweep(sweep_file, cfg)  # checked again before anything trains
+    values = parse_agent_args(args, f"{sweep_file}: W&B agent arguments")
+    run = wandb.init(project=spec.project or cfg.logging.wandb_project or None,
+                     entity=spec.entity or cfg.logging.wandb_entity or None,
+                     mode=resolve_wandb_mode(cfg.logging.wandb_mode))
+    try:
+        values.update(_wandb_values(run, spec))  # wandb.config carries the values typed
+        by_key = values_by_key(spec, values)
+        missing = [p.name for p in spec.params if p.key not in by_key and p.distribution != "constant"]
+        if missing:
+            raise ConfigError(f"{sweep_file}: W&B gave this run no value for parameter {missing[0]}")
+        by_key.update({p.key: p.args["value"] for p in spec.params if p.distribution == "constant"
+                       and p.key not in by_key})
+        sweep_id = os.environ.get("WANDB_SWEEP_ID") or run.sweep_id or "wandb"
+        run_cfg = run_config(cfg, spec, sweep_id, by_key, f"run-{run.id}")
+    except ConfigError:
+        run.finish(exit_code=2)
+        raise
+    provenance = f"W&B sweep {sweep_id}, run {run.id}: " + ", ".join(f"{k} = {v}" for k, v in by_key.items())
+    logger.info(provenance)
+    train_run(run_cfg, spec, provenance, run)
