@@ -33,7 +33,7 @@ MODES: dict[str, tuple[str, str]] = {
               "create a W&B sweep from --sweep-config (default config/sweep.yaml); prints the agent command"),
     "sweep-agent": ("src.cli.sweep:run_sweep_agent",
                     "run runs of a sweep: --sweep-id ID [--count N] [--backend auto|wandb|local]"),
-    "sweep-run": ("src.cli.sweep:run_sweep_run", "one sweep run, as a sweep agent starts it"),
+    "sweep-run": ("src.cli.sweep:run_sweep_run", "one run of a W&B sweep, as W&B's agent starts it"),
 }
 SWEEP_RUN = "sweep-run"  # the one mode that takes W&B's --name=value arguments
 
@@ -85,7 +85,6 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="sweep, sweep-agent: W&B's server or Optuna here; auto: W&B when logged in and reachable.")
 @click.option("--project", help="sweep, sweep-agent: W&B project (default [Logging] wandb_project).")
 @click.option("--entity", help="sweep, sweep-agent: W&B entity (default [Logging] wandb_entity).")
-@click.option("--trial", type=click.IntRange(min=0), hidden=True, help="sweep-run: the local run to train.")
 @_schema_flags
 def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
         **options: Any) -> None:
@@ -99,10 +98,8 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         cfg = load_config(config_path, overrides, cli=flags)
         add_file_log(cfg.logging.log_dir)
         handler = getattr(importlib.import_module(module_name), function_name)
-        # A sweep agent passes its command line's settings on to the runs it starts.
-        settings = overrides + tuple(f"{key}={value}" for key, value in flags.items())
         handler(cfg, {k: v for k, v in options.items() if "__" not in k}
-                | {"config_path": config_path, "overrides": settings, "extra_args": tuple(ctx.args)})
+                | {"config_path": config_path, "extra_args": tuple(ctx.args)})
     except CSIError as exc:
         if log_level == "debug":
             logger.exception(str(exc))

@@ -1,9 +1,9 @@
 """sweep, sweep-agent and sweep-run modes: W&B sweep files, run on W&B's server or locally on Optuna.
 
 `--mode sweep` checks the sweep file and creates the sweep, printing its id and the agent command;
-`--mode sweep-agent` runs runs of it; `--mode sweep-run` is one run, the process either backend's
-agent starts. `--backend auto` uses W&B when a W&B API key is configured and its server answers,
-else the local backend, and says which and why.
+`--mode sweep-agent` runs runs of it; `--mode sweep-run` is one run as W&B's agent starts it.
+`--backend auto` uses W&B when a W&B API key is configured and its server answers, else the local
+backend, and says which and why.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 
 from src.config.schema import Config
 from src.sweeps import local, wandb_backend
+from src.sweeps.agent import run_agent
 from src.sweeps.spec import load_sweep
 from src.utils.errors import ConfigError
 from src.utils.logging import logger
@@ -73,18 +74,12 @@ def run_sweep_agent(cfg: Config, options: dict[str, Any]) -> None:
         wandb_backend.run_wandb_agent(sweep_id, count, options.get("project") or cfg.logging.wandb_project,
                                       options.get("entity") or cfg.logging.wandb_entity)
         return
-    local.run_agent(cfg, sweep_id, count, options["config_path"], options.get("overrides", ()))
+    run_agent(cfg, sweep_id, count)
 
 
 def run_sweep_run(cfg: Config, options: dict[str, Any]) -> None:
-    """One run: --sweep-id ID --trial N (local agent) or --sweep-config FILE --name=value ... (W&B agent)."""
-    extra = list(options.get("extra_args", ()))
-    if options.get("trial") is not None:
-        if extra:
-            raise ConfigError(f"--mode sweep-run --trial: unexpected arguments {' '.join(extra)}")
-        local.train_trial(cfg, options["sweep_id"], options["trial"])
-    elif options.get("sweep_config"):
-        wandb_backend.train_wandb_run(cfg, options["sweep_config"], extra)
-    else:
-        raise ConfigError("--mode sweep-run is started by a sweep agent: it needs --sweep-id ID --trial N "
-                          "or --sweep-config FILE")
+    """One run of a W&B sweep, as W&B's agent starts it: --sweep-config FILE --name=value ..."""
+    if not options.get("sweep_config"):
+        raise ConfigError("--mode sweep-run is what a W&B sweep agent starts: it needs --sweep-config FILE "
+                          "and the run's --name=value arguments")
+    wandb_backend.train_wandb_run(cfg, options["sweep_config"], list(options.get("extra_args", ())))

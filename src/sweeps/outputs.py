@@ -11,6 +11,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from src.config.schema import Config
 from src.optimization.report import write_plots
 from src.sweeps.spec import SweepSpec
 from src.utils.io import atomic_write_text, atomic_write_with
@@ -19,6 +20,11 @@ VALUES_ATTR = "config"  # trial user attr: {Section.key: value} the run trained 
 _SUMMARY_ROWS = 10
 _STATES = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "stopped (hyperband)", TrialState.FAIL: "failed",
            TrialState.RUNNING: "running", TrialState.WAITING: "queued"}
+
+
+def sweep_dir(cfg: Config, sweep_id: str) -> Path:
+    """models/sweeps/<sweep>: runs.csv, best_params.json, plots, and each run's directory under runs/."""
+    return Path(cfg.training.output_dir) / "sweeps" / sweep_id
 
 
 def _fmt(value: object) -> str:
@@ -82,14 +88,15 @@ def best_params(study: optuna.Study, spec: SweepSpec) -> dict | None:
             **_counts(_runs(study))}
 
 
-def write_outputs(study: optuna.Study, spec: SweepSpec, out: Path) -> Path:
-    """runs.csv always; best_params.json and the plots once a run has finished."""
+def write_outputs(study: optuna.Study, spec: SweepSpec, out: Path, plots: bool = True) -> Path:
+    """runs.csv always; best_params.json and (with `plots`) hyperopt's plots once a run has finished."""
     table = runs_table(study, spec)
     atomic_write_with(out / "runs.csv", lambda h: table.to_csv(h, index=False), binary=False)
     payload = best_params(study, spec)
     if payload is not None:
         atomic_write_text(out / "best_params.json", json.dumps(payload, indent=2) + "\n")
-        write_plots(study, spec.metric, out)
+        if plots:
+            write_plots(study, spec.metric, out)
     return out
 
 

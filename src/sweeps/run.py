@@ -1,8 +1,8 @@
 """One sweep run, in its own process: parameter values -> the INI config -> train_model.
 
-Both backends start this (`--mode sweep-run`). W&B's agent passes the values on the command
-line (`--name=value`, its `${args}`) and in `wandb.config`; the local agent stores them on the
-run's Optuna trial. Either way they are applied onto config.ini with the usual validation, and
+W&B's agent passes the values on the command line (`--name=value`, its `${args}`) and in
+`wandb.config` to `--mode sweep-run`; the local agent stores them on the run's Optuna trial and
+forks the process. Either way they are applied onto config.ini with the usual validation, and
 the run's config.ini records them. A process per run releases all its memory (GPU memory above
 all) when the run ends, which W&B's in-process `function=` agent does not.
 """
@@ -16,18 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from src.config.loader import apply_overrides
 from src.config.schema import Config
+from src.data.load import DataBundle
+from src.optimization.objective import SharedDatasets, is_out_of_memory
+from src.sweeps.local import open_sweep
+from src.sweeps.outputs import VALUES_ATTR, sweep_dir
 from src.sweeps.spec import SweepSpec
-from src.training.loggers import WandbLogger, wandb_config
+from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
 from src.training.trainer import TrainResult, train_model
-from src.utils.errors import ConfigError
-from src.utils.run_dir import BEST
-
-
-def sweep_dir(cfg: Config, sweep_id: str) -> Path:
-    """models/sweeps/<sweep>: runs.csv, best_params.json, plots, and each run's directory under runs/."""
-    return Path(cfg.training.output_dir) / "sweeps" / sweep_id
+from src.utils.errors import ConfigError, TrainingDiverged
+from src.utils.run_dir import BEST, create_run_dir
 
 
 def run_config(cfg: Config, spec: SweepSpec, sweep_id: str, values: dict[str, Any], run_name: str) -> Config:
@@ -68,7 +70,8 @@ class SweepWandbLogger(WandbLogger):
 
 
 def train_run(cfg: Config, spec: SweepSpec, provenance: str, wandb_run=None,
-              on_value: Callable[[int, float], None] | None = None) -> tuple[TrainResult, float]:
+              on_value: Callable[[int, float], None] | None = None, data: DataBundle | None = None,
+              run_dir: Path | None = None) -> tuple[TrainResult, float]:
     """Train one run; returns its result and its best value of the sweep metric.
 
     `on_value(epoch, value)` sees the metric after each epoch and may raise to stop the run
@@ -92,7 +95,7 @@ def train_run(cfg: Config, spec: SweepSpec, provenance: str, wandb_run=None,
     quiet = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, wandb_project=""))
     failed = True
     try:
-        result = train_model(quiet, on_epoch_end=on_epoch_end, provenance=provenance)
+        result = train_model(quiet, data, on_epoch_end=on_epoch_end, provenance=provenance, run_dir=run_dir)
         failed = False
     finally:
         if logger is not None:
@@ -101,5 +104,45 @@ def train_run(cfg: Config, spec: SweepSpec, provenance: str, wandb_run=None,
             logger.close(failed=failed)
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
-        raise ConfigError(f"sweep metric {spec.metric} was never finite: the run diverged")
+        raise TrainingDiverged(f"training diverged: {spec.metric} was never finite")
     return result, max(finite) if spec.goal == "maximize" else min(finite)
+
+
+def train_trial(cfg: Config, sweep_id: str, number: int, data: SharedDatasets) -> None:
+    """A local run: train the values stored on trial `number`, report each epoch to the trial (where
+    hyperband judges it), and record how the run ended."""
+    study, spec, store = open_sweep(cfg, sweep_id)  # its own connection: never one shared with the agent
+    trial_id = store.get_trial_id_from_study_id_trial_number(store.get_study_id_from_name(sweep_id), number)
+    trial = optuna.Trial(study, trial_id)
+    values = store.get_trial(trial_id).user_attrs[VALUES_ATTR]
+    name = f"run{number}"
+    try:
+        run_cfg = run_config(cfg, spec, sweep_id, values, name)
+        run_dir = create_run_dir(run_cfg.training.output_dir, run_cfg.model.model_arch, name)
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+
+        def on_value(epoch: int, value: float) -> None:
+            trial.report(value, epoch)
+            if epoch < run_cfg.training.n_epochs and trial.should_prune():
+                raise optuna.TrialPruned()
+
+        wandb_run = init_wandb_run(run_cfg, f"{sweep_id}-{name}", sweep_id,
+                                   {**wandb_config(run_cfg), "sweep": sweep_id, "run": number},
+                                   sweep_dir(cfg, sweep_id) / "wandb")
+        provenance = f"Sweep {sweep_id}, {name}: " + ", ".join(f"{k} = {v}" for k, v in values.items())
+        _, best = train_run(run_cfg, spec, provenance, wandb_run, on_value, data.get(run_cfg), run_dir)
+    except optuna.TrialPruned:
+        study.tell(number, state=TrialState.PRUNED)
+    except (TrainingDiverged, ConfigError) as exc:  # ConfigError: values valid alone, not together
+        _fail(study, trial, number, str(exc))
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        _fail(study, trial, number, f"out of memory: {str(exc).splitlines()[0]}")
+    else:
+        study.tell(number, best)
+
+
+def _fail(study: optuna.Study, trial: optuna.Trial, number: int, reason: str) -> None:
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(number, state=TrialState.FAIL)
