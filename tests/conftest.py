@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +91,59 @@ def chromium() -> str:
     if binary is None:
         pytest.skip("chromium is not installed and cannot be (needs apt-get as root): apt-get install chromium")
     return binary
+
+
+def start_main(*args: str, cwd: Path) -> subprocess.Popen:
+    """`python main.py ARGS` in the background; output goes to a file so a full pipe never blocks it.
+
+    One thread each: workers running side by side on a small machine would otherwise fight over its cores.
+    """
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tempfile.NamedTemporaryFile("w", dir=cwd, prefix="worker", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=full_env, stdout=out,
+                            stderr=subprocess.STDOUT)
+    proc.log = Path(out.name)  # what it printed
+    return proc
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> None:
+    for proc in procs:
+        assert proc.wait(timeout=timeout) == 0, proc.log.read_text()[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on loopback (Debian's package, installed if missing)."""
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = subprocess.run("apt-get update -qq && apt-get install -y -qq postgresql", shell=True,
+                                 env=env, capture_output=True, text=True, timeout=900)
+        if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+            pytest.skip(f"PostgreSQL is not installed and `apt-get install postgresql` failed: "
+                        f"{(install.stderr.strip().splitlines() or ['no output'])[-1]}")
+    bin_dir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="csi-postgres-"))
+    as_owner = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_owner = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*as_owner, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres")
+    run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start",
+        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1")
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
+        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(root, ignore_errors=True)

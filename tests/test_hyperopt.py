@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import ast
-import glob
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +22,7 @@ from src.optimization.runner import run_study
 from src.optimization.search_space import grid, parse_space, parse_spec, suggest
 from src.optimization.study import TrialSeededSampler, make_pruner, make_sampler
 from src.utils.errors import ConfigError
-from tests.conftest import REPO, run_main, write_config, write_png_dataset
+from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
 
 SPACE = {"Training.learning_rate": "loguniform(1e-4, 1e-2)", "Model.dropout": "uniform(0.1, 0.5)",
          "Training.batch_size": "choice(4, 8)"}
@@ -47,22 +40,6 @@ def make_project(root: Path, data: Path, space: dict = SPACE, **hyperopt) -> Pat
 def stored_study(root: Path, name: str) -> optuna.Study:
     journal = root / "logs" / "hyperopt" / f"{name}.log"
     return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
-
-
-def start_main(*args: str, cwd: Path) -> subprocess.Popen:
-    """`python main.py ARGS` in the background; output goes to a file so a full pipe never blocks it.
-
-    One thread each: workers running side by side on a small machine would otherwise fight over its cores.
-    """
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    out = tempfile.NamedTemporaryFile("w", dir=cwd, prefix="worker", suffix=".log", delete=False)
-    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, env=full_env, stdout=out,
-                            stderr=subprocess.STDOUT)
-
-
-def finish(procs: list[subprocess.Popen], timeout: float = 300) -> None:
-    for proc in procs:
-        assert proc.wait(timeout=timeout) == 0, Path(proc.stdout.name).read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
@@ -221,44 +198,6 @@ def test_killed_study_continues_with_two_workers(tmp_path, data_dir):
     assert len({t.user_attrs["worker"] for t in added}) == 2  # both workers ran trials
     params = [tuple(sorted(t.params.items())) for t in before + [t for t in added if t not in retries]]
     assert len(set(params)) == len(params)  # no new trial replays another
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A throwaway PostgreSQL server on loopback (Debian's package, installed if missing)."""
-    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = subprocess.run("apt-get update -qq && apt-get install -y -qq postgresql", shell=True,
-                                 env=env, capture_output=True, text=True, timeout=900)
-        if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-            pytest.skip(f"PostgreSQL is not installed and `apt-get install postgresql` failed: "
-                        f"{(install.stderr.strip().splitlines() or ['no output'])[-1]}")
-    bin_dir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
-    root = Path(tempfile.mkdtemp(prefix="csi-postgres-"))
-    as_owner = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres", "postgres")
-        as_owner = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_owner, *cmd], check=True, capture_output=True, timeout=120)
-
-    run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres")
-    run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-l", str(root / "server.log"), "-w", "start",
-        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1")
-    try:
-        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
-        yield f"postgresql://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_share_one_postgresql_study(tmp_path, data_dir, postgres_url):

@@ -175,10 +175,13 @@ def ppf(param: Param, u: float) -> Any:
     u = min(max(u, _U_EPS), 1 - _U_EPS)
     base = d.removeprefix("q_")
     if base in ("uniform", "log_uniform", "log_uniform_values", "inv_log_uniform", "inv_log_uniform_values"):
-        low, high = {"uniform": (a["min"], a["max"]), "log_uniform": (a["min"], a["max"]),
-                     "log_uniform_values": (math.log(a["min"]), math.log(a["max"])),
-                     "inv_log_uniform": (-a["max"], -a["min"]),
-                     "inv_log_uniform_values": (math.log(a["min"]), math.log(a["max"]))}[base]
+        # On the scale where the draw is uniform: the value, its log, or the log of its inverse.
+        if base in ("uniform", "log_uniform"):
+            low, high = a["min"], a["max"]
+        elif base == "inv_log_uniform":
+            low, high = -a["max"], -a["min"]
+        else:
+            low, high = math.log(a["min"]), math.log(a["max"])
         x = low + u * (high - low)
         x = x if base == "uniform" else math.exp(x)
     elif base == "normal":

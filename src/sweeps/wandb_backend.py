@@ -97,6 +97,7 @@ def train_wandb_run(cfg: Config, sweep_file: str, args: list[str]) -> None:
 
     spec = load_sweep(sweep_file, cfg)  # checked again before anything trains
     values = parse_agent_args(args, f"{sweep_file}: W&B agent arguments")
+    values_by_key(spec, values)  # a name the sweep does not have fails before any run starts
     run = wandb.init(project=spec.project or cfg.logging.wandb_project or None,
                      entity=spec.entity or cfg.logging.wandb_entity or None,
                      mode=resolve_wandb_mode(cfg.logging.wandb_mode))
