@@ -23,10 +23,12 @@ from scipy import stats
 from src.config.loader import get_value, load_config
 from src.config.schema import Config
 from src.optimization.runner import train_best
+from src.sweeps.agent import run_agent
 from src.sweeps.distributions import infer_distribution, ppf, suggest
 from src.sweeps.hyperband import should_stop
 from src.sweeps.local import SPEC_ATTR, create_sweep, open_sweep
 from src.sweeps.spec import Hyperband, hyperband_bands, parse_sweep
+from src.sweeps.wandb_backend import sweep_config, train_wandb_run
 from src.utils.errors import ConfigError
 from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
 
@@ -398,9 +400,9 @@ def test_agent_checks_the_stored_sweep_file_again(tmp_path, data_dir):
     cfg = load_config(root / "config" / "config.ini", env={})
     study = create_sweep(cfg, parse_sweep(GRID, "sweep.yaml", cfg), "again")
     study.set_user_attr(SPEC_ATTR, GRID.replace("dropout", "drop_out"))  # e.g. a key since removed
-    result = run_main("--mode", "sweep-agent", "--sweep-id", "again", cwd=root)
-    assert result.returncode == 2 and "drop_out: not a config key (did you mean 'dropout'?)" in result.stderr
-    assert not (root / "models" / "sweeps").exists()
+    with pytest.raises(ConfigError, match=r"sweep again \(sweep.yaml\): parameter Model.drop_out.*'dropout'"):
+        run_agent(cfg, "again")
+    assert not (root / "models").exists() and study.get_trials(states=(TrialState.RUNNING,)) == []
 
 
 # --- the wandb backend --------------------------------------------------------------------------------
@@ -409,8 +411,6 @@ def test_wandb_agent_runs_the_child_command_offline(tmp_path, data_dir, monkeypa
     """W&B's own agent code builds and starts the run's command from the sweep's command and the run's
     parameters, as it does for a run the server hands out; the run logs to an offline W&B run."""
     from wandb.wandb_agent import Agent
-
-    from src.sweeps.wandb_backend import sweep_config
 
     root = make_project(tmp_path, data_dir, n_epochs=1)
     monkeypatch.chdir(root)
@@ -437,14 +437,12 @@ def test_wandb_agent_runs_the_child_command_offline(tmp_path, data_dir, monkeypa
         "value": 0.003}
 
 
-def test_wandb_run_refuses_a_parameter_the_sweep_does_not_have(tmp_path, data_dir):
-    root = make_project(tmp_path, data_dir)
-    result = run_main("--mode", "sweep-run", "--sweep-config", "sweep.yaml", "--learning_rate=0.01",
-                      "--Model={'dropout': 0.2}", "--momentum=0.5", cwd=root,
-                      env={"WANDB_MODE": "offline", "WANDB_DIR": str(root), "WANDB_SILENT": "true"})
-    assert result.returncode == 2
-    assert "run parameter momentum is not a parameter of this sweep" in result.stderr
-    assert not (root / "models").exists()
+def test_wandb_run_refuses_a_parameter_the_sweep_does_not_have(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(make_project(tmp_path, data_dir))
+    cfg = load_config("config/config.ini", env={})
+    with pytest.raises(ConfigError, match="run parameter momentum is not a parameter of this sweep"):
+        train_wandb_run(cfg, "sweep.yaml", ["--learning_rate=0.01", "--Model={'dropout': 0.2}", "--momentum=0.5"])
+    assert not (tmp_path / "models").exists() and not (tmp_path / "wandb").exists()  # before any W&B run
 
 
 def test_default_sweep_file_is_valid():
