@@ -330,12 +330,13 @@ def test_grid_with_two_agents_visits_every_point_once(tmp_path, data_dir):
 
 
 def test_grid_on_postgresql_visits_every_point_once(tmp_path, data_dir, postgres_url):
+    """The server is the session's: the sweep's name is its own (hyperopt's tests have a study 'pg')."""
     root = make_project(tmp_path, data_dir, n_epochs=1)
     cfg = load_config(root / "config" / "config.ini", [f"Hyperopt.storage={postgres_url}"], env={})
-    create_sweep(cfg, parse_sweep(GRID, "sweep.yaml", cfg), "pg")
-    finish([start_main("--mode", "sweep-agent", "--sweep-id", "pg", "--count", "3", "--storage", postgres_url,
+    create_sweep(cfg, parse_sweep(GRID, "sweep.yaml", cfg), "sweep-pg")
+    finish([start_main("--mode", "sweep-agent", "--sweep-id", "sweep-pg", "--count", "3", "--storage", postgres_url,
                        cwd=root) for _ in range(2)])
-    study, _ = stored(root, "pg", postgres_url)
+    study, _ = stored(root, "sweep-pg", postgres_url)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
     assert len({tuple(t.user_attrs["config"].values()) for t in trials}) == 4
