@@ -60,11 +60,21 @@ def write_config(path: Path, data_root: Path, **sections: dict) -> Path:
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """24 images in 12 patients with every class present; returns the data directory."""
+    return write_tiny_dataset(tmp_path / "data")
+
+
+def write_tiny_dataset(root: Path) -> Path:
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 4, (24, 6))
     scores[rng.random((24, 6)) < 0.1] = 4
-    write_png_dataset(tmp_path / "data", scores, patients=[f"P{i // 2}" for i in range(24)])
-    return tmp_path / "data"
+    write_png_dataset(root, scores, patients=[f"P{i // 2}" for i in range(24)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """The tiny_dataset images shared by a module's tests (hyperopt, sweeps)."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("shared_data"))
 
 
 def run_main(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

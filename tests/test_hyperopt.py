@@ -7,7 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -22,7 +21,7 @@ from src.optimization.runner import run_study
 from src.optimization.search_space import grid, parse_space, parse_spec, suggest
 from src.optimization.study import TrialSeededSampler, make_pruner, make_sampler
 from src.utils.errors import ConfigError
-from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
+from tests.conftest import REPO, finish, run_main, start_main, write_config
 
 SPACE = {"Training.learning_rate": "loguniform(1e-4, 1e-2)", "Model.dropout": "uniform(0.1, 0.5)",
          "Training.batch_size": "choice(4, 8)"}
@@ -40,16 +39,6 @@ def make_project(root: Path, data: Path, space: dict = SPACE, **hyperopt) -> Pat
 def stored_study(root: Path, name: str) -> optuna.Study:
     journal = root / "logs" / "hyperopt" / f"{name}.log"
     return optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(journal))))
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(1)
-    scores = rng.integers(0, 4, (24, 6))
-    scores[rng.random((24, 6)) < 0.1] = 4
-    root = tmp_path_factory.mktemp("hyperopt_data")
-    write_png_dataset(root, scores, patients=[f"P{i // 2}" for i in range(24)])
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from src.sweeps.local import SPEC_ATTR, create_sweep, open_sweep
 from src.sweeps.spec import Hyperband, hyperband_bands, parse_sweep
 from src.sweeps.wandb_backend import sweep_config, train_wandb_run
 from src.utils.errors import ConfigError
-from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
+from tests.conftest import REPO, finish, run_main, start_main, write_config
 
 GRID = """
 method: grid
@@ -41,16 +41,6 @@ parameters:
     parameters:
       dropout: {values: [0.2, 0.4]}
 """
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(1)
-    scores = rng.integers(0, 4, (24, 6))
-    scores[rng.random((24, 6)) < 0.1] = 4
-    root = tmp_path_factory.mktemp("sweep_data")
-    write_png_dataset(root, scores, patients=[f"P{i // 2}" for i in range(24)])
-    return root
 
 
 def make_project(root: Path, data: Path, sweep: str = GRID, **training) -> Path:
