@@ -28,7 +28,7 @@ from src.sweeps.distributions import infer_distribution, ppf, suggest
 from src.sweeps.hyperband import should_stop
 from src.sweeps.local import SPEC_ATTR, create_sweep, open_sweep
 from src.sweeps.spec import Hyperband, hyperband_bands, parse_sweep
-from src.sweeps.wandb_backend import sweep_config, train_wandb_run
+from src.sweeps.wandb_backend import collect_wandb_runs, sweep_config, train_wandb_run
 from src.utils.errors import ConfigError
 from tests.conftest import REPO, finish, run_main, start_main, write_config
 
@@ -319,6 +319,7 @@ def test_grid_with_two_agents_visits_every_point_once(tmp_path, data_dir):
     assert all(get_value(winner, k) == v for k, v in best["best_params"].items())  # train-optimized takes it
 
 
+@pytest.mark.long  # ~15 s of CPU: the journal grid test above makes the same claims through a storage
 def test_grid_on_postgresql_visits_every_point_once(tmp_path, data_dir, postgres_url):
     """The server is the session's: the sweep's name is its own (hyperopt's tests have a study 'pg')."""
     root = make_project(tmp_path, data_dir, n_epochs=1)
@@ -361,6 +362,7 @@ run_cap: 4
     assert states == ["failed", "finished", "finished", "stopped (hyperband)"]
 
 
+@pytest.mark.long  # ~17 s of CPU: two agents and three runs
 def test_killed_agent_loses_nothing(tmp_path, data_dir):
     """Kill an agent during its second run; the next agent fails that run, runs it again, and the first
     run's result is intact."""
@@ -426,6 +428,11 @@ def test_wandb_agent_runs_the_child_command_offline(tmp_path, data_dir, monkeypa
     assert b"val_loss" in logged and b"val/f1_macro" in logged and b"resolved" in logged
     assert yaml.safe_load((root / "wandb" / "sweep-sw42" / "config-r1.yaml").read_text())["learning_rate"] == {
         "value": 0.003}
+    out = collect_wandb_runs(cfg, "sw42")  # what the agent writes when W&B's agent returns
+    (row,) = [r.split(",") for r in (out / "runs.csv").read_text().splitlines()[1:]]
+    assert row[1:4] == ["finished", "0.003", "0.4"]
+    best = json.loads((out / "best_params.json").read_text())
+    assert best["best_params"] == {"Training.learning_rate": 0.003, "Model.dropout": 0.4}
 
 
 def test_wandb_run_refuses_a_parameter_the_sweep_does_not_have(tmp_path, data_dir, monkeypatch):

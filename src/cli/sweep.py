@@ -71,7 +71,7 @@ def run_sweep_agent(cfg: Config, options: dict[str, Any]) -> None:
         raise ConfigError("--mode sweep-agent needs --sweep-id ID (printed by --mode sweep)")
     count = options.get("count")
     if choose_backend(options.get("backend") or "auto", cfg, sweep_id) == "wandb":
-        wandb_backend.run_wandb_agent(sweep_id, count, options.get("project") or cfg.logging.wandb_project,
+        wandb_backend.run_wandb_agent(cfg, sweep_id, count, options.get("project") or cfg.logging.wandb_project,
                                       options.get("entity") or cfg.logging.wandb_entity)
         return
     run_agent(cfg, sweep_id, count)

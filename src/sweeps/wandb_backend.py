@@ -10,22 +10,30 @@ resolved config and the best checkpoint as an artifact. The server's hyperband s
 
 from __future__ import annotations
 
+import json
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import click
+import optuna
 import yaml
+from optuna.trial import TrialState
 
 from src.config.schema import Config
+from src.sweeps.outputs import summary, sweep_dir, write_outputs
 from src.sweeps.run import parse_agent_args, run_config, train_run
 from src.sweeps.spec import SweepSpec, load_sweep, values_by_key
 from src.training.loggers import resolve_wandb_mode
 from src.utils.errors import ConfigError
+from src.utils.io import atomic_write_text
 from src.utils.logging import logger
+from src.utils.run_dir import create_run_dir
 
 _PROBE_TIMEOUT_S = 5
+RESULT_FILE = "sweep_run.json"  # a W&B run's outcome, left in its run directory
 
 
 def wandb_reachable() -> tuple[bool, str]:
@@ -72,11 +80,13 @@ def create_wandb_sweep(spec: SweepSpec, config_path: str, project: str, entity: 
     return wandb.sweep(sweep_config(spec, config_path), project=project or None, entity=entity or None)
 
 
-def run_wandb_agent(sweep_id: str, count: int | None, project: str, entity: str) -> None:
-    """W&B's agent with no function: each run is the sweep's command, its own process."""
+def run_wandb_agent(cfg: Config, sweep_id: str, count: int | None, project: str, entity: str) -> None:
+    """W&B's agent with no function: each run is the sweep's command, its own process. Then the
+    outputs of the runs made here."""
     import wandb
 
     wandb.agent(sweep_id, count=count, project=project or None, entity=entity or None)
+    collect_wandb_runs(cfg, sweep_id)
 
 
 def _wandb_values(run, spec: SweepSpec) -> dict[str, Any]:
@@ -116,4 +126,34 @@ def train_wandb_run(cfg: Config, sweep_file: str, args: list[str]) -> None:
         raise
     provenance = f"W&B sweep {sweep_id}, run {run.id}: " + ", ".join(f"{k} = {v}" for k, v in by_key.items())
     logger.info(provenance)
-    train_run(run_cfg, spec, provenance, run)
+    run_dir = create_run_dir(run_cfg.training.output_dir, run_cfg.model.model_arch, run_cfg.training.run_name)
+    record = {"run": run.id, "metric": spec.metric, "goal": spec.goal, "values": by_key,
+              "run_dir": str(run_dir.resolve())}
+    try:
+        _, best = train_run(run_cfg, spec, provenance, run, run_dir=run_dir)
+    except Exception as exc:
+        atomic_write_text(run_dir / RESULT_FILE, json.dumps({**record, "state": "failed",
+                                                              "fail_reason": str(exc).splitlines()[0]}))
+        raise
+    atomic_write_text(run_dir / RESULT_FILE, json.dumps({**record, "state": "finished", "value": best}))
+
+
+def collect_wandb_runs(cfg: Config, sweep_id: str) -> Path | None:
+    """runs.csv and best_params.json of the W&B sweep's runs made on this machine (each run leaves its
+    outcome in its run directory); None when there is none. W&B's dashboard holds the plots."""
+    out = sweep_dir(cfg, sweep_id.split("/")[-1])
+    records = [json.loads(p.read_text()) for p in sorted(out.glob(f"runs/*/{RESULT_FILE}"))]
+    if not records:
+        return None
+    spec = SweepSpec(path="", text="", method="", metric=records[0]["metric"], goal=records[0]["goal"],
+                     target=None, params=())
+    study = optuna.create_study(study_name=sweep_id, direction=spec.direction)
+    for r in records:
+        finished = r["state"] == "finished"
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if finished else TrialState.FAIL, value=r["value"] if finished else None,
+            user_attrs={"config": r["values"], "run_dir": r["run_dir"], "wandb_run": r["run"],
+                        **({} if finished else {"fail_reason": r["fail_reason"]})}))
+    write_outputs(study, spec, out, plots=False)
+    click.echo(summary(study, spec))
+    return out
