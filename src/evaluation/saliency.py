@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pytorch_grad_cam import GradCAM
+from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
 
@@ -53,15 +54,36 @@ def cam_layer(model: CSIModel, image_size: tuple[int, int]) -> tuple[nn.Module, 
     return list(backbone.children())[-1], None  # every CNN backbone is a Sequential of stages
 
 
+def grid_misalignment(model: CSIModel, image: torch.Tensor) -> tuple[float, float]:
+    """How far (rows, columns of input pixels) the backbone's feature cells are centred from where
+    resizing the map to the image puts them.
+
+    A cell's centre is the centroid of its input gradient. Convolutions of stride 2 padded by k//2
+    centre cell j on pixel stride*j, half a cell above and left of resizing's stride*(j + 1/2) - 1/2:
+    16 px for custom_cnn and resnet50, about nothing for densenet121 (its average pools shift back).
+    """
+    pixels = image[None].detach().float().requires_grad_(True)
+    with torch.enable_grad():
+        features = model.backbone(pixels)
+        (h, w), (height, width) = features.shape[-2:], pixels.shape[-2:]
+        gradient = torch.autograd.grad(features[0, :, h // 2, w // 2].sum(), pixels)[0][0, 0].abs()
+    centre_row = float((gradient.sum(1) * torch.arange(height, device=gradient.device)).sum() / gradient.sum())
+    centre_col = float((gradient.sum(0) * torch.arange(width, device=gradient.device)).sum() / gradient.sum())
+    return (centre_row - (height / h * (h // 2 + 0.5) - 0.5), centre_col - (width / w * (w // 2 + 0.5) - 0.5))
+
+
 def zone_cams(model: CSIModel, images: torch.Tensor, scores: np.ndarray) -> np.ndarray:
     """Grad-CAM maps [B, 6, H, W] in [0, 1] of each zone's class `scores[b, zone]` for `images`
-    [B, 1, H, W] (on the model's device)."""
+    [B, 1, H, W] (on the model's device), placed where the backbone's cells look."""
     layer, reshape = cam_layer(model, tuple(images.shape[-2:]))
     maps = np.zeros((len(images), len(ZONES), *images.shape[-2:]), dtype=np.float32)
     with torch.enable_grad(), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         for z in range(len(ZONES)):
             targets = [ZoneClassTarget(z, int(s)) for s in scores[:, z]]
             maps[:, z] = cam(input_tensor=images.float(), targets=targets)
+    if reshape is None:  # ViT patches are exactly the cells resizing assumes; CNN cells may not be
+        rows, cols = grid_misalignment(model, images[0])
+        maps = ndimage.shift(maps, (0, 0, rows, cols), order=1, mode="nearest")
     return maps
 
 
