@@ -2,7 +2,9 @@
 console errors, evaluate JavaScript, take a screenshot. The report tests use it, and so does
 refreshing the README's screenshot:
 
-    .venv/bin/python scripts/chromium.py models/RUN/evaluation/report.html docs/report.png --height 2400
+    .venv/bin/python scripts/chromium.py models/RUN/evaluation/report.html docs/report.png --height 1500
+    .venv/bin/python scripts/chromium.py models/RUN/evaluation/report.html docs/report_gradcam.png \
+        --start '#where-the-model-looked-grad-cam' --height 1100
 """
 
 from __future__ import annotations
@@ -114,11 +116,14 @@ class Browser:
             raise RuntimeError(f"{expression!r}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
-    def screenshot(self, path: str | Path, max_height: int | None = None) -> bytes:
-        """A PNG of the whole page (or its top `max_height` CSS pixels), also written to `path`."""
+    def screenshot(self, path: str | Path, max_height: int | None = None, start: str | None = None) -> bytes:
+        """A PNG of the whole page, from the element matching CSS selector `start` if given, at most
+        `max_height` CSS pixels tall; also written to `path`."""
         size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-        height = min(size["height"], max_height or size["height"])
-        clip = {"x": 0, "y": 0, "width": size["width"], "height": height, "scale": 1}
+        top = 0 if start is None else self.evaluate(
+            f"document.querySelector({json.dumps(start)}).getBoundingClientRect().top + window.scrollY")
+        height = min(size["height"] - top, max_height or size["height"])
+        clip = {"x": 0, "y": top, "width": size["width"], "height": height, "scale": 1}
         png = base64.b64decode(self.call("Page.captureScreenshot", format="png", clip=clip,
                                          captureBeyondViewport=True)["data"])
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -147,13 +152,14 @@ def main() -> None:
     parser.add_argument("png", type=Path)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=None, help="keep the top HEIGHT pixels only")
+    parser.add_argument("--start", default=None, help="CSS selector of the element to start from, e.g. '#metrics'")
     args = parser.parse_args()
     binary = find_chromium()
     if binary is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
     with Browser(binary, width=args.width) as browser:
         browser.open(args.html)
-        browser.screenshot(args.png, args.height)
+        browser.screenshot(args.png, args.height, args.start)
         for error in browser.errors:
             print(f"console error: {error}")
 

@@ -88,7 +88,7 @@ def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None =
     if all(p.is_file() for p in history):
         train_h, val_h = (json.loads(p.read_text()) for p in history)
         figures["training_curves"].append(out / "training_curves.png")
-        plot_training_curves(train_h, val_h, figures["training_curves"][-1])
+        plot_training_curves(train_h, val_h, figures["training_curves"][-1], state.get("epoch"))
     evaluation = EvaluationRun(trained_cfg, checkpoint_path, state, data, predictions, results, out, figures)
     if "test" in predictions:
         figures["saliency"] = explain_selected_images(

@@ -27,8 +27,9 @@ def plot_confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[st
     n = len(matrices)
     cols = min(n, 3)
     rows_of_panels = -(-n // cols)
-    side = 0.9 * len(labels) + 1.6
-    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(side * cols, side * rows_of_panels), squeeze=False)
+    side = 0.6 * len(labels) + 1.3
+    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(side * cols, side * rows_of_panels), squeeze=False,
+                             layout="constrained")
     for ax, (name, matrix) in zip(axes.flat, matrices.items()):
         totals = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
@@ -47,8 +48,10 @@ def plot_confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[st
     save_figure(fig, path)
 
 
-def plot_training_curves(train_history: list[dict], val_history: list[dict], path: Path) -> None:
-    """Loss, macro F1 / QWK and learning rate per epoch."""
+def plot_training_curves(train_history: list[dict], val_history: list[dict], path: Path,
+                         marked_epoch: int | None = None) -> None:
+    """Loss, macro F1 / QWK and learning rate per epoch; `marked_epoch` (the evaluated checkpoint's)
+    as a dashed line."""
     epochs = [h["epoch"] for h in train_history]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     axes[0].plot(epochs, [h["train_loss"] for h in train_history], label="train")
@@ -64,6 +67,8 @@ def plot_training_curves(train_history: list[dict], val_history: list[dict], pat
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        if marked_epoch is not None:
+            ax.axvline(marked_epoch, color="grey", ls="--", lw=1, label=f"checkpoint (epoch {marked_epoch})")
     axes[0].legend()
     axes[1].legend()
     save_figure(fig, path)
@@ -83,6 +88,10 @@ def _draw_zone_grid(ax, shape: tuple[int, int], highlight: tuple[int, int] | Non
                                    fill=False, edgecolor="#ffd400", lw=2.2))
 
 
+def _score(score: int) -> str:
+    return "U" if score == UNKNOWN else str(score)
+
+
 def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None,
                        title: str, path: Path) -> None:
     """A strip: the radiograph with each zone's true and predicted score in its cell, then one
@@ -95,18 +104,20 @@ def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarra
     _draw_zone_grid(axes[0], image.shape)
     for z, zone in enumerate(ZONES):
         r, c = ZONE_CELLS[zone]
-        shown = f"pred {predicted[z]}" if truth is None else f"true {truth[z]}\npred {predicted[z]}"
+        shown = f"pred {_score(predicted[z])}"
+        if truth is not None:
+            shown = f"true {_score(truth[z])}\n{shown}"
         wrong = truth is not None and truth[z] != UNKNOWN and truth[z] != predicted[z]
         axes[0].text((c + 0.5) * width / cols, (r + 0.5) * height / rows, shown, ha="center", va="center",
-                     fontsize=7.5, color="white", bbox=dict(boxstyle="round,pad=0.25", lw=0, alpha=0.75,
+                     fontsize=8.5, color="white", bbox=dict(boxstyle="round,pad=0.25", lw=0, alpha=0.75,
                                                            facecolor="#c0392b" if wrong else "#1f3b57"))
         ax = axes[1 + z]
         ax.imshow(image, **grey)
         ax.imshow(maps[z], cmap="jet", alpha=0.42, vmin=0, vmax=1)
         _draw_zone_grid(ax, image.shape, highlight=(r, c))
         label = CLASS_NAMES[predicted[z]] + ("" if truth is None else f" (true {CLASS_NAMES[truth[z]]})")
-        ax.set_title(f"{zone}\n{label}", fontsize=7.5, color="#c0392b" if wrong else "black")
-    axes[0].set_title(title, fontsize=7.5)
+        ax.set_title(f"{zone}\n{label}", fontsize=8.5, color="#c0392b" if wrong else "black")
+    axes[0].set_title(title, fontsize=8.5)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])

@@ -18,7 +18,7 @@ from src.config.schema import Config
 from src.data.load import DataBundle
 from src.data.summary import label_counts, split_counts
 from src.data.zones import ZONES
-from src.reporting.html import Gallery, Image, KeyValues, Report, Table, Text
+from src.reporting.html import Gallery, Heading, Image, KeyFigures, KeyValues, Report, Row, Table, Text
 from src.training.loop import Predictions
 
 
@@ -36,6 +36,11 @@ class EvaluationRun:
     figures: dict[str, list[Path]] = field(default_factory=dict)  # kind -> PNGs written (see evaluate.py)
 
 
+# The figures a reader looks for first, shown as tiles: metric key -> label.
+HEADLINE = {"f1_macro": "macro F1", "qwk": "quadratic-weighted kappa", "csi_mae": "CSI MAE",
+            "ahf_accuracy": "AHF class accuracy"}
+
+
 def summary_section(run: EvaluationRun, report: Report) -> None:
     cfg, table = run.cfg, run.data.table
     trained = config_from_text(run.state["config"], f"{run.checkpoint} (embedded config)")  # as it was trained
@@ -51,7 +56,11 @@ def summary_section(run: EvaluationRun, report: Report) -> None:
                        f"high: CSI > {cfg.evaluation.ahf_high_threshold}",
         "labels": f"{cfg.data.labels_csv}: {len(table)} usable images, {len(run.data.skipped)} skipped",
     }
-    report.add_section("Summary", KeyValues(settings), Table(split_counts(table), "Images per split", digits=2),
+    split = "test" if "test" in run.metrics else next(iter(run.metrics))
+    headline = {label: f"{run.metrics[split][key]:.3f}" for key, label in HEADLINE.items() if key in run.metrics[split]}
+    note = f"{split} split, {len(run.predictions[split].file_ids)} images"
+    report.add_section("Summary", KeyFigures(headline, {label: note for label in headline}), KeyValues(settings),
+                       Table(split_counts(table), "Images per split", digits=2),
                        Table(label_counts(table), "Zone scores (all splits)", digits=1))
 
 
@@ -63,19 +72,22 @@ def metrics_section(run: EvaluationRun, report: Report) -> None:
     blocks = [Text("Score metrics count known zones only (Unknown targets are excluded); QWK is the "
                    "quadratic-weighted kappa of the ordinal 0-3 scores; CSI is the mean of an image's "
                    "known zones.", muted=True), Table(overall, "Overall")]
-    for split, values in per_zone.items():
-        frame = pd.DataFrame({zone: {k.removesuffix(f"_{zone}"): v for k, v in values.items() if k.endswith(zone)}
-                              for zone in ZONES}).T
-        blocks.append(Table(frame, f"Per zone, {split}"))
-    report.add_section("Metrics", *blocks)
+    tables = [Table(pd.DataFrame({zone: {k.removesuffix(f"_{zone}"): v for k, v in values.items() if k.endswith(zone)}
+                                  for zone in ZONES}).T, f"Per zone, {split}")
+              for split, values in per_zone.items()]
+    report.add_section("Metrics", *blocks, Row(tables))
 
 
 def confusion_section(run: EvaluationRun, report: Report) -> None:
+    """Per split: the six zones' matrices, then all zones and the AHF class side by side."""
     paths = run.figures.get("confusion", [])
-    if paths:
-        report.add_section("Confusion matrices", Text("Counts; colour is the share of the true class's row "
-                                                      "(its recall).", muted=True),
-                           *(Image.from_file(p) for p in paths))
+    if not paths:
+        return
+    blocks: list = [Text("Counts; colour is the share of the true class's row (its recall).", muted=True)]
+    for split in run.metrics:
+        zones, *others = [p for p in paths if p.stem.endswith(f"_{split}")]
+        blocks += [Heading(split), Image.from_file(zones), Row([Image.from_file(p) for p in others])]
+    report.add_section("Confusion matrices", *blocks)
 
 
 def training_curves_section(run: EvaluationRun, report: Report) -> None:
@@ -90,7 +102,8 @@ def saliency_section(run: EvaluationRun, report: Report) -> None:
         return
     intro = Text("Grad-CAM of each zone's predicted class on test images: first those with the largest "
                  "CSI error, then a fixed random sample. The first panel shows each zone's true and "
-                 "predicted score (red: wrong); each other panel is one zone's map, its own cell outlined.",
+                 "predicted score (0-3; U: Unknown; red: wrong); each other panel is one zone's map, red "
+                 "where the evidence for its predicted score lies, its own cell outlined in yellow.",
                  muted=True)
     report.add_section("Where the model looked (Grad-CAM)", intro,
                        Gallery([Image.from_file(p) for p in paths]))

@@ -45,6 +45,16 @@ class Text(Block):
 
 
 @dataclass
+class Heading(Block):
+    """A sub-heading inside a section."""
+
+    text: str
+
+    def html(self) -> str:
+        return f"<h3>{html.escape(self.text)}</h3>"
+
+
+@dataclass
 class KeyValues(Block):
     """A two-column list of labelled facts (data counts, settings)."""
 
@@ -67,7 +77,9 @@ class Table(Block):
     index: bool = True
 
     def html(self) -> str:
-        body = self.frame.to_html(index=self.index, border=0, classes="data", na_rep="—",
+        # The index's name goes in the header's corner rather than on a row of its own.
+        frame = self.frame.rename_axis(index=None, columns=self.frame.index.name) if self.index else self.frame
+        body = frame.to_html(index=self.index, border=0, classes="data", na_rep="—",
                                   float_format=lambda x: f"{x:.{self.digits}f}", escape=True)
         return f'<div class="table-wrap">{_caption(self.caption, "div")}{body}</div>'
 
@@ -121,6 +133,35 @@ class Gallery(Block):
 
     def html(self) -> str:
         return '<div class="gallery">' + "".join(image.html() for image in self.images) + "</div>"
+
+
+@dataclass
+class Row(Block):
+    """Blocks side by side, sharing the width equally."""
+
+    blocks: list[Block]
+
+    @property
+    def uses_plotly(self) -> bool:
+        return any(b.uses_plotly for b in self.blocks)
+
+    def html(self) -> str:
+        return '<div class="row">' + "".join(f"<div>{b.html()}</div>" for b in self.blocks) + "</div>"
+
+
+@dataclass
+class KeyFigures(Block):
+    """Headline numbers as tiles: label -> value (already formatted), with an optional note each."""
+
+    figures: dict[str, str]
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def html(self) -> str:
+        tiles = "".join(f'<div class="tile"><div class="value">{html.escape(v)}</div>'
+                        f'<div class="label">{html.escape(k)}</div>'
+                        f'<div class="note">{html.escape(self.notes.get(k, ""))}</div></div>'
+                        for k, v in self.figures.items())
+        return f'<div class="tiles">{tiles}</div>'
 
 
 @dataclass
@@ -208,6 +249,7 @@ main { max-width: 1280px; margin: 0 auto; padding: 8px 32px 48px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 6px 24px 18px;
           margin: 18px 0; scroll-margin-top: 110px; }
 h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 6px; }
+h3 { font-size: 15px; margin: 18px 0 4px; }
 p.muted { color: var(--muted); }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 caption, .table-wrap > div { text-align: left; font-weight: 600; margin-bottom: 4px; }
@@ -222,4 +264,12 @@ figure { margin: 10px 0 18px; }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 4px; }
 .gallery figure { border-top: 1px solid var(--line); padding-top: 10px; }
+.row { display: flex; gap: 18px; align-items: flex-start; }
+.row > div { flex: 1 1 0; min-width: 0; }
+.tiles { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0 8px; }
+.tile { border: 1px solid var(--line); border-radius: 8px; padding: 10px 16px; min-width: 150px;
+        background: var(--bg); }
+.tile .value { font-size: 24px; font-weight: 600; color: var(--accent); }
+.tile .label { font-size: 13px; font-weight: 600; }
+.tile .note { font-size: 12px; color: var(--muted); }
 """
