@@ -10,49 +10,25 @@ import pandas as pd
 
 from src.config.schema import Config
 from src.data.dataset import CSIDataset, make_loader
-from src.data.labels import read_file_ids
-from src.data.load import cache_images
-from src.data.locate import index_directory, locate_images
+from src.data.inputs import cache_inputs
 from src.data.preprocess import normalization_stats
-from src.data.readers import SUPPORTED_EXTENSIONS
 from src.data.zones import UNKNOWN, ZONES
 from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
 from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import Predictions, predict_batches
-from src.utils.errors import DataError
 from src.utils.io import atomic_write_with
-
-
-def collect_inputs(cfg: Config, source: Path) -> pd.DataFrame:
-    """FileID and path of each image to score: every supported image of a directory, or the rows of
-    a CSV in the labels layout resolved through [Data] image_dir like training does."""
-    if source.is_dir():
-        files = sorted(index_directory(source).items())
-        if not files:
-            raise DataError(f"{source}: no image with a supported extension ({', '.join(SUPPORTED_EXTENSIONS)})")
-        return pd.DataFrame({"FileID": [stem for stem, _ in files], "path": [str(p) for _, p in files]})
-    if not source.is_file():
-        raise DataError(f"{source}: --input is neither a directory nor a CSV file")
-    table = read_file_ids(source, cfg.data.csv_separator)
-    paths = locate_images(table, cfg.data.image_dir, cfg.data.image_extension)
-    return table.assign(path=[str(p) if p else "" for p in paths])
 
 
 def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path) -> tuple[CSIModel, Config, CSIDataset]:
     """A checkpoint's model, the config it was trained with, and the usable images of `source`
     prepared as in training (found via today's [Data] image_dir), with Unknown labels."""
     model, trained_cfg, _ = load_trained_model(cfg, Path(checkpoint))
-    inputs = collect_inputs(cfg, Path(source))
     data = dataclasses.replace(trained_cfg.data, image_dir=cfg.data.image_dir)
-    cache, cache_index, _ = cache_images(inputs["FileID"].tolist(),
-                                         [Path(p) if p else None for p in inputs["path"]], data, source)
-    usable = inputs[cache_index >= 0]
-    if usable.empty:
-        raise DataError(f"{source}: no image could be scored")
+    usable, cache, cache_rows = cache_inputs(cfg, data, source)
     mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,
                                     trained_cfg.data.normalization_std)
-    dataset = CSIDataset(cache.images, cache_index[cache_index >= 0], np.full((len(usable), len(ZONES)), UNKNOWN),
+    dataset = CSIDataset(cache.images, cache_rows, np.full((len(usable), len(ZONES)), UNKNOWN),
                          usable["FileID"].tolist(), mean, std)
     return model, trained_cfg, dataset
 
