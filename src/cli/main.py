@@ -27,6 +27,8 @@ MODES: dict[str, tuple[str, str]] = {
                         "train with the best hyperparameters: --hyperparams best_params.json | --study-name"),
     "explain": ("src.cli.explain:run_explain",
                 "per-zone Grad-CAM overlays and index.html: --input DIR|CSV --output DIR [--checkpoint FILE]"),
+    "export": ("src.cli.export:run_export",
+               "write a checkpoint as ONNX or TorchScript with its preprocessing: --checkpoint FILE --format F"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
     "sweep": ("src.cli.sweep:run_sweep",
@@ -67,7 +69,12 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(),
-              help="predict: CSV to write (default predictions.csv); explain: folder to write.")
+              help="predict: CSV to write (default predictions.csv); explain: folder to write; export: the model "
+                   "file (default: beside the checkpoint).")
+@click.option("--format", "format", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="export: the file format.")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="predict: score with PyTorch and a checkpoint, or with onnxruntime and an exported .onnx model.")
 @click.option("--resume", type=click.Path(exists=True),
               help="train: continue a run in place from RUN_DIR (its last_model.pth) or a checkpoint.")
 @click.option("--fast-dev-run", is_flag=True, help="train: one batch of train and val, nothing written.")

@@ -23,3 +23,7 @@ class TrainingDiverged(CSIError):
 
 class TrialFailed(CSIError):
     """A search trial that ran out of memory, diverged or got values its training refused; the study goes on."""
+
+
+class ExportError(CSIError):
+    """A model that cannot be exported faithfully, or an exported model that cannot be used."""

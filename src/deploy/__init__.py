@@ -1,0 +1,1 @@
+"""Deployable models: export to ONNX or TorchScript, and scoring through onnxruntime without PyTorch."""

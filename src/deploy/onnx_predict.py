@@ -1,0 +1,52 @@
+"""predict --runtime onnx: score images with an exported model through onnxruntime, without PyTorch.
+
+The same files -> cache -> predictions table path as the PyTorch predict, with the preprocessing
+read from the model file instead of a checkpoint, so both write the same CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.config.schema import Config
+from src.data.inputs import cache_inputs
+from src.data.preprocess import from_storage
+from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, data_config_for, parse_metadata
+from src.evaluation.predictions import predictions_table
+from src.utils.errors import ExportError
+from src.utils.io import atomic_write_with
+
+
+def open_onnx_model(path: str | Path):
+    """An onnxruntime session over `path` and the metadata the model carries."""
+    import onnxruntime
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: ONNX model not found")
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
+        raise ExportError(f"{path}: not a readable ONNX model ({str(exc).strip().splitlines()[0]})") from None
+    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
+    return session, metadata
+
+
+def predict_with_onnx(cfg: Config, model_path: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
+    """Score the images of `source` into `output` (CSV) with an exported ONNX model."""
+    session, metadata = open_onnx_model(model_path)
+    usable, cache, cache_rows = cache_inputs(cfg, data_config_for(metadata, cfg.data), source)
+    mean = np.float32(metadata["preprocessing"]["normalization_mean"])
+    std = np.float32(metadata["preprocessing"]["normalization_std"])
+    batch_size = cfg.evaluation.batch_size
+    probs = []
+    for start in range(0, len(cache_rows), batch_size):
+        pixels = from_storage(np.asarray(cache.images[cache_rows[start:start + batch_size]]))
+        probs.append(session.run([OUTPUT_NAME], {INPUT_NAME: ((pixels - mean) / std)[:, None]})[0])
+    table = predictions_table(usable["FileID"].tolist(), np.concatenate(probs), None,
+                              cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold)
+    atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
+    return table
