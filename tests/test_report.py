@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -93,10 +94,13 @@ def test_report_sections_embed_plotly_and_report_broken_pages(chromium, tmp_path
     figure = go.Figure(go.Scatter(x=[0, 1, 2], y=[1, 3, 2], text=["a", "b", "c"]))
     report.add_section("Interactive", Plotly(figure, caption="hover me"),
                        Table(pd.DataFrame({"value": [1.23456, np.nan]}, index=list(ZONES[:2]))))
-    report.add_section("Interactive", Text("same title, another anchor"))
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    report.add_section("Interactive", Text("same title, another anchor"), Image.from_figure(fig, "matplotlib"))
     good = report.write(tmp_path / "good.html")
     facts, errors, _ = read_page(chromium, good, tmp_path / "good.png")
     assert errors == [] and facts["plots"] >= 1 and facts["external"] == []
+    assert [i["loaded"] for i in facts["images"]] == [True]
     assert facts["sections"] == ["interactive", "interactive-2"]
 
     broken = Report("Broken")
