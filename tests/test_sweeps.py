@@ -398,6 +398,17 @@ def test_agent_checks_the_stored_sweep_file_again(tmp_path, data_dir):
     assert not (root / "models").exists() and study.get_trials(states=(TrialState.RUNNING,)) == []
 
 
+def test_metric_target_finishes_the_sweep(tmp_path, data_dir):
+    """Once a run reaches metric.target, the agent starts no further run."""
+    sweep = GRID.replace("goal: minimize}", "goal: minimize, target: 1.0e+6}")
+    root = make_project(tmp_path, data_dir, sweep=sweep, n_epochs=1)
+    cfg = load_config(root / "config" / "config.ini", env={})
+    create_sweep(cfg, parse_sweep(sweep, "sweep.yaml", cfg), "t")
+    study, spec = run_agent(cfg, "t")  # any finite val_loss is below the target
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] + [TrialState.WAITING] * 3
+    assert (root / "models" / "sweeps" / "t" / "best_params.json").is_file()
+
+
 # --- the wandb backend --------------------------------------------------------------------------------
 
 def test_wandb_agent_runs_the_child_command_offline(tmp_path, data_dir, monkeypatch):
