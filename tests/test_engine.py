@@ -147,8 +147,6 @@ def test_fast_dev_run_writes_nothing_and_overfit_batches_learns(tiny_dataset, tm
 
 
 def test_precision_choices():
-    if os.path.exists("/proc/cpuinfo") and "amx_bf16" in open("/proc/cpuinfo").read():
-        assert resolve_precision("auto", CPU) == torch.bfloat16
     assert resolve_precision("fp32", CPU) == torch.float32
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         resolve_precision("fp16", CPU)

@@ -16,6 +16,7 @@ from src.config.schema import Config
 from src.training.callbacks import AverageMeter
 from src.training.loss import softmax_probabilities
 from src.training.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
+from src.training.precision import choose_precision
 from src.utils.device import autocast, resolve_precision, use_channels_last
 from src.utils.distributed import DistInfo, average_scalar, gather_objects
 from src.utils.errors import TrainingDiverged
@@ -49,8 +50,13 @@ class LoopSettings:
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> LoopSettings:
         """Settings per `cfg`, with the precision and memory format it asks for on `device`."""
-        dtype = resolve_precision(cfg.training.precision, device)
-        return cls(dtype=dtype, channels_last=use_channels_last(cfg.training.channels_last, dtype),
+        if cfg.training.precision == "auto":  # measured for this model on this device (cached)
+            choice = choose_precision(cfg, device)
+            dtype, channels_last = choice.dtype, choice.channels_last
+        else:
+            dtype = resolve_precision(cfg.training.precision, device)
+            channels_last = use_channels_last(cfg.training.channels_last, dtype)
+        return cls(dtype=dtype, channels_last=channels_last,
                    grad_accumulation=cfg.training.gradient_accumulation_steps,
                    max_grad_norm=cfg.training.max_grad_norm,
                    max_nonfinite_steps=cfg.training.max_nonfinite_steps,

@@ -33,13 +33,8 @@ def cpu_has_fast_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype for `precision` on `device` (float32 means no autocast)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            fast = torch.cuda.get_device_capability(device)[0] >= 8
-        else:
-            fast = device.type == "cpu" and cpu_has_fast_bf16()
-        return torch.bfloat16 if fast else torch.float32
+    """Autocast dtype of an explicit `precision` (fp32, bf16, fp16) on `device`; float32 means no
+    autocast. `auto` is measured per model: src/training/precision.py."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"[Training] precision = fp16 needs a CUDA device (got {device.type}); use bf16 or fp32")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

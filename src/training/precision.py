@@ -1,0 +1,181 @@
+"""precision = auto: time a few training steps of the model in each arithmetic and keep the fastest.
+
+Whether bf16 pays depends on the model as much as on the hardware: on a CPU with AMX it makes
+resnet50 more than twice as fast, yet a small CNN's convolutions can run slower in it. So auto
+measures instead of guessing. Invariants:
+
+- The candidates are fp32 (never in channels-last, as `channels_last = auto` means "with reduced
+  precision") and each reduced precision the device runs natively (bf16 on CPUs with AMX or
+  AVX-512-BF16 and on CUDA devices that support it, fp16 on CUDA), in the memory formats
+  `channels_last` allows.
+- A reduced precision is picked only when it beats fp32 by more than `MARGIN`: a tie within noise
+  keeps exact arithmetic.
+- The probe never changes the run: it builds its own copy of the model (random weights, nothing
+  downloaded) and leaves every random number generator as it found it.
+- The pick belongs to the machine, not to a data set: it is cached in
+  $XDG_CACHE_HOME/csi-predictor/precision.json (default ~/.cache) per model, input size, probe
+  batch, device, torch version and thread count, so only the first run of a model on a machine
+  pays (about a second for a small model, ~15 s for resnet50 on 2 CPU cores). Distributed ranks all
+  use rank 0's pick.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from src.config.loader import apply_overrides
+from src.config.schema import Config
+from src.models.factory import build_model
+from src.utils.device import autocast, cpu_has_fast_bf16
+from src.utils.io import atomic_write_text
+from src.utils.logging import logger
+
+MARGIN = 0.05  # a reduced precision must be this much faster than fp32 to be picked
+ROUNDS = 3  # timed steps per candidate, the candidates alternating
+CPU_PROBE_BATCH = 8  # on a CPU, images/s barely changes beyond this batch, and big models step slowly
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # "fp32", "bf16" or "fp16"
+    channels_last: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.name]
+
+    def __str__(self) -> str:
+        return self.name + (" + channels_last" if self.channels_last else "")
+
+
+def candidates(device: torch.device, channels_last: str) -> list[Precision]:
+    """What auto chooses from on `device` under `[Training] channels_last` (auto, true or false)."""
+    reduced = []
+    if device.type == "cuda":
+        reduced = (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
+    elif device.type == "cpu" and cpu_has_fast_bf16():  # elsewhere bf16 is emulated: never faster
+        reduced = ["bf16"]
+    layouts = {"auto": (False, True), "true": (True,), "false": (False,)}[channels_last]
+    fp32 = [Precision("fp32", channels_last == "true")]
+    return fp32 + [Precision(name, layout) for name in reduced for layout in layouts]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.processor() or device.type)
+
+
+def cache_file() -> Path:
+    """Where measured picks are kept: $XDG_CACHE_HOME/csi-predictor/precision.json."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "csi-predictor" / "precision.json"
+
+
+def probe_batch(cfg: Config, device: torch.device) -> int:
+    return cfg.training.batch_size if device.type == "cuda" else min(cfg.training.batch_size, CPU_PROBE_BATCH)
+
+
+def _cache_key(cfg: Config, device: torch.device) -> str:
+    m = cfg.model
+    return (f"{m.model_arch} pooling={m.zone_pooling} {cfg.data.image_size}px batch={probe_batch(cfg, device)} "
+            f"channels_last={cfg.training.channels_last} | {_device_name(device)} | torch {torch.__version__} "
+            f"threads={torch.get_num_threads()}")
+
+
+def time_steps(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
+    """Median seconds of one training step (forward, backward, SGD update) per option."""
+    # Weights do not change the speed: random ones, so nothing is read or downloaded.
+    base = build_model(apply_overrides(cfg, {"Model.pretrained": False, "Model.pretrained_path": ""}))
+    batch, size = probe_batch(cfg, device), cfg.data.image_size
+    images = torch.randn(batch, 1, size, size, device=device)
+    targets = torch.randint(0, cfg.model.num_classes, (batch, 6), device=device)
+    runs = {}
+    for option in options:
+        layout = torch.channels_last if option.channels_last else torch.contiguous_format
+        runs[option] = (copy.deepcopy(base).to(device, memory_format=layout), images.contiguous(memory_format=layout))
+    samples: dict[Precision, list[float]] = {option: [] for option in options}
+    for round_ in range(ROUNDS + 1):  # round 0 warms up: kernel choice, allocations
+        for option in options[round_ % len(options):] + options[:round_ % len(options)]:
+            model, batch_images = runs[option]
+            seconds = _step(model, batch_images, targets, option, device)
+            if round_:
+                samples[option].append(seconds)
+    return {option: statistics.median(values) for option, values in samples.items()}
+
+
+def _step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, option: Precision,
+          device: torch.device) -> float:
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    with autocast(device, option.dtype):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    loss.backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(parameter.grad, alpha=1e-6)
+                parameter.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def pick(step_seconds: dict[Precision, float]) -> Precision:
+    """The fastest option; fp32 unless a reduced precision beats it by more than MARGIN."""
+    fp32 = next(option for option in step_seconds if option.name == "fp32")
+    fastest = min(step_seconds, key=step_seconds.get)
+    return fastest if step_seconds[fastest] < (1 - MARGIN) * step_seconds[fp32] else fp32
+
+
+def choose_precision(cfg: Config, device: torch.device) -> Precision:
+    """`precision = auto` for this model, input size and device: the cached pick, else a measured one."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    choice = None
+    if not distributed or torch.distributed.get_rank() == 0:
+        choice = _measured_or_cached(cfg, device)
+    if distributed:
+        box = [choice]
+        torch.distributed.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return choice
+
+
+def _measured_or_cached(cfg: Config, device: torch.device) -> Precision:
+    options = candidates(device, cfg.training.channels_last)
+    if len(options) == 1:
+        return options[0]
+    path, key = cache_file(), _cache_key(cfg, device)
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return Precision(known[key]["precision"], known[key]["channels_last"])
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the probe must not change the run's random draws
+        step_seconds = time_steps(cfg, device, options)
+    choice = pick(step_seconds)
+    rate = {str(o): round(probe_batch(cfg, device) / s, 2) for o, s in step_seconds.items()}
+    logger.info(f"precision = auto: {cfg.model.model_arch} at {cfg.data.image_size} px measured "
+                + ", ".join(f"{name} {r} img/s" for name, r in rate.items()) + f" -> {choice}")
+    known[key] = {"precision": choice.name, "channels_last": choice.channels_last, "images_per_second": rate}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(known, indent=1))
+    return choice
