@@ -35,5 +35,6 @@ lint: install
 clean:
 	rm -rf $(VENV) data/cache
 
-bench: install
-	$(PY) scripts/bench.py
+# Every speed and memory claim side by side; writes docs/benchmarks.md and .json (~10 min on 2 cores).
+bench: demo
+	$(PY) scripts/benchmark.py
