@@ -69,6 +69,9 @@ def test_evaluation_report_opens_offline_with_every_section(chromium, evaluated,
     assert "training_curves.png" in shown
     strips = sorted(p.name for p in (out / "saliency").glob("*.png"))
     assert len(strips) == 4 and set(strips) <= set(shown)
+    statistics = ["confidence-intervals", "agreement-of-the-csi", "calibration"]
+    assert [s for s in facts["sections"] if s in statistics] == statistics
+    assert {"agreement_test.png", "calibration_test.png"} <= set(shown)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page, not a blank
 
 

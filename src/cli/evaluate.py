@@ -8,16 +8,37 @@ import click
 
 from src.cli.train import run_train
 from src.config.schema import Config
-from src.evaluation.evaluate import evaluate_model, metrics_table
+from src.evaluation.evaluate import evaluate_run, metrics_table
+from src.evaluation.report import EvaluationRun
 
 SHOWN = ("f1_macro", "f1_weighted", "accuracy", "qwk", "precision_macro", "recall_macro", "csi_mae",
          "csi_rmse", "csi_pearson", "ahf_accuracy", "ahf_f1_macro", "unknown_pred_rate", "unknown_recall")
 
 
 def run_eval(cfg: Config, options: dict[str, Any]) -> dict:
-    results = evaluate_model(cfg, run=options.get("run"), checkpoint=options.get("checkpoint"))
-    click.echo(metrics_table(results, SHOWN).to_string())
-    return results
+    evaluation = evaluate_run(cfg, run=options.get("run"), checkpoint=options.get("checkpoint"))
+    intervals = {split: a.intervals for split, a in evaluation.analyses.items()}
+    click.echo(metrics_table(evaluation.metrics, SHOWN, intervals).to_string())
+    click.echo(statistics_lines(evaluation))
+    return evaluation.metrics
+
+
+def statistics_lines(evaluation: EvaluationRun) -> str:
+    """Agreement and calibration of each split, one line each, below the metrics table."""
+    lines = []
+    temperature = (evaluation.calibration or {}).get("temperature")
+    for split, a in evaluation.analyses.items():
+        ba, icc, cal = a.bland_altman, a.icc, a.calibration["overall"]
+        lines.append(f"{split}: 95% CIs by {a.n_units} {a.units}; CSI ICC(2,1) {icc['icc']:.3f} "
+                     f"[{icc['ci_low']:.3f}, {icc['ci_high']:.3f}], Bland-Altman bias {ba['bias']:+.3f} "
+                     f"[{ba['bias_ci_low']:+.3f}, {ba['bias_ci_high']:+.3f}], limits {ba['loa_low']:+.3f} .. "
+                     f"{ba['loa_high']:+.3f}")
+        if temperature is not None:
+            lines.append(f"{split}: calibration ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier "
+                         f"{cal['brier_before']:.3f} -> {cal['brier_after']:.3f} at T = {temperature:.3f} "
+                         "(fitted on val)")
+    lines.append(f"figures and metrics.json: {evaluation.out_dir}")
+    return "\n".join(lines)
 
 
 def run_both(cfg: Config, options: dict[str, Any]) -> dict:

@@ -29,6 +29,8 @@ MODES: dict[str, tuple[str, str]] = {
                 "per-zone Grad-CAM overlays and index.html: --input DIR|CSV --output DIR [--checkpoint FILE]"),
     "export": ("src.cli.export:run_export",
                "write a checkpoint as ONNX or TorchScript with its preprocessing: --checkpoint FILE --format F"),
+    "compare": ("src.cli.compare:run_compare",
+                "two runs on the same test images: paired bootstrap differences, McNemar per zone (--run A --run B)"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
     "sweep": ("src.cli.sweep:run_sweep",
@@ -65,7 +67,8 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="Override one config key; repeatable. Beats environment variables and the INI file.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Console verbosity; debug also shows tracebacks.")
-@click.option("--run", type=click.Path(file_okay=False), help="eval/predict: a run directory (default: latest).")
+@click.option("--run", "runs", type=click.Path(file_okay=False), multiple=True,
+              help="eval/predict: a run directory (default: latest); compare: given twice, A then B.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(),
@@ -101,7 +104,11 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
     setup_logging(log_level)
     flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
     module_name, function_name = MODES[mode][0].split(":")
+    runs = options["runs"]
+    options["run"] = runs[0] if runs else None  # the one run of every mode but compare
     try:
+        if len(runs) > 1 and mode != "compare":
+            raise CSIError(f"--run was given {len(runs)} times; only --mode compare takes two runs")
         cfg = load_config(config_path, overrides, cli=flags)
         add_file_log(cfg.logging.log_dir)
         handler = getattr(importlib.import_module(module_name), function_name)

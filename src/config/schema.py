@@ -270,6 +270,13 @@ class EvaluationConfig:
         6, "eval: Grad-CAM figures (in report.html) of this many test images with the largest CSI error.", min=0)
     saliency_random: int = key(
         6, "eval: and of this many other test images drawn at random with [Training] seed.", min=0)
+    bootstrap_samples: int = key(
+        1000, "Bootstrap resamples behind every 95% confidence interval eval and compare report; patients "
+        "are resampled when the labels have PatientID, else images.", min=100)
+    bootstrap_seed: int = key(0, "Seed of the bootstrap resamples: the same seed gives the same intervals.", min=0)
+    calibrate: bool = key(
+        False, "predict: apply the temperature that eval fitted on the run's validation split and stored in "
+        "the checkpoint, so that the probabilities written are calibrated (the predicted classes do not change).")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ from src.config.schema import Config
 from src.data.dataset import make_loader
 from src.data.load import load_data
 from src.data.zones import CLASS_NAMES, ZONES
+from src.evaluation.analysis import analyse_split, analyses_json, fit_calibration
+from src.evaluation.bootstrap import BootstrapSettings
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
 from src.evaluation.report import EvaluationRun, write_evaluation_report
@@ -21,9 +23,11 @@ from src.models.factory import load_trained_model
 from src.training.loop import LoopSettings, Predictions, place_model, predict_batches
 from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
+from src.utils.checkpoint import save_checkpoint
 from src.utils.device import resolve_device
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, find_latest_run
 
 
@@ -46,10 +50,19 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
     return device, settings
 
 
-def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,
-                   splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
-    """Metrics per split; writes metrics.json, predictions_<split>.csv, PNG figures, Grad-CAM
-    strips of test images (saliency/) and report.html to <run>/evaluation/."""
+def _store_calibration(path: Path, state: dict, calibration: dict[str, float] | None) -> None:
+    """Keep the temperature with the checkpoint it was fitted for (rewritten only when it changed)."""
+    if calibration is not None and state.get("calibration") != calibration:
+        save_checkpoint(path, {k: v for k, v in state.items() if k != "format"} | {"calibration": calibration})
+        logger.info(f"{path}: stored temperature {calibration['temperature']:.3f} fitted on the validation split")
+
+
+def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = None,
+                 splits: tuple[str, ...] = ("val", "test")) -> EvaluationRun:
+    """Metrics and statistics per split; writes metrics.json, predictions_<split>.csv, PNG figures
+    (agreement and calibration of the test split), Grad-CAM strips of test images (saliency/) and
+    report.html to <run>/evaluation/, and the temperature fitted on the validation split into the
+    checkpoint."""
     checkpoint_path = resolve_checkpoint(cfg, run, checkpoint)
     model, trained_cfg, state = load_trained_model(cfg, checkpoint_path)
     run_dir = checkpoint_path.parent
@@ -81,24 +94,48 @@ def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None =
         for kind, (panel, labels, title) in panels.items():
             figures["confusion"].append(out / f"confusion_{kind}_{split}.png")
             plot_confusion_matrices(panel, labels, f"{split}: {title}", figures["confusion"][-1])
+    calibration = fit_calibration(predictions["val"]) if "val" in predictions else None
+    _store_calibration(checkpoint_path, state, calibration)
+    evaluation_cfg = trained_cfg.evaluation
+    bootstrap = BootstrapSettings(evaluation_cfg.bootstrap_samples, evaluation_cfg.bootstrap_seed)
+    patient_of = data.table.set_index("FileID")["PatientID"] if "PatientID" in data.table else None
+    temperature = calibration["temperature"] if calibration else 1.0
+    shown = "test" if "test" in predictions else next(iter(predictions), None)  # the split a paper reports
+    analyses = {split: analyse_split(pred, split, None if patient_of is None else patient_of[pred.file_ids].tolist(),
+                                     bootstrap, (low, high), temperature, out, plot=split == shown)
+                for split, pred in predictions.items()}
+    figures["statistics"] = [path for a in analyses.values() for path in a.figures]
     report = {"checkpoint": str(checkpoint_path), "epoch": state.get("epoch"), "arch": state["arch"],
-              "metrics": results}
+              "metrics": results, **analyses_json(analyses, bootstrap, calibration)}
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
     history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
     if all(p.is_file() for p in history):
         train_h, val_h = (json.loads(p.read_text()) for p in history)
         figures["training_curves"].append(out / "training_curves.png")
         plot_training_curves(train_h, val_h, figures["training_curves"][-1], state.get("epoch"))
-    evaluation = EvaluationRun(trained_cfg, checkpoint_path, state, data, predictions, results, out, figures)
+    evaluation = EvaluationRun(trained_cfg, checkpoint_path, state, data, predictions, results, out, figures,
+                               analyses, calibration)
     if "test" in predictions:
         figures["saliency"] = explain_selected_images(
             model, data.dataset("test"), predictions["test"], cfg.evaluation.saliency_largest_error,
             cfg.evaluation.saliency_random, trained_cfg.training.seed, out / "saliency")
     write_evaluation_report(evaluation)
-    return results
+    return evaluation
 
 
-def metrics_table(results: dict[str, dict[str, float]], names: tuple[str, ...]) -> pd.DataFrame:
-    """Rows = metric names, columns = splits; for the console."""
-    return pd.DataFrame({split: [m.get(n, np.nan) for n in names] for split, m in results.items()},
-                        index=list(names)).round(4)
+def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,
+                   splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, float]]:
+    """`evaluate_run`'s metrics per split (plain floats)."""
+    return evaluate_run(cfg, run, checkpoint, splits).metrics
+
+
+def metrics_table(results: dict[str, dict[str, float]], names: tuple[str, ...],
+                  intervals: dict[str, dict[str, tuple[float, float]]] | None = None) -> pd.DataFrame:
+    """Rows = metric names, columns = splits, each value followed by its interval when given; for the console."""
+    def cell(split: str, name: str) -> str | float:
+        value = results[split].get(name, np.nan)
+        if intervals is None or name not in intervals.get(split, {}):
+            return round(value, 4)
+        low, high = intervals[split][name]
+        return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+    return pd.DataFrame({split: [cell(split, n) for n in names] for split in results}, index=list(names))

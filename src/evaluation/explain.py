@@ -18,8 +18,8 @@ def explain_images(cfg: Config, checkpoint: str | Path, source: str | Path, outp
     """Write <output_dir>/<FileID>.png per usable image of `source`, predictions.csv and index.html
     (which links the PNGs); returns the predictions table."""
     out = Path(output_dir)
-    model, trained_cfg, dataset = prepare_scoring(cfg, checkpoint, source)
-    pred, table = score_dataset(model, trained_cfg, dataset)
+    model, trained_cfg, dataset, temperature = prepare_scoring(cfg, checkpoint, source)
+    pred, table = score_dataset(model, trained_cfg, dataset, temperature)
     atomic_write_with(out / "predictions.csv", lambda h: table.to_csv(h, index=False), binary=False)
     paths = write_saliency_figures(model, dataset, list(range(len(dataset))), pred.probs, out)
     shown = table[["FileID", *(f"{z}_pred" for z in ZONES), "csi_pred", "ahf_pred"]]

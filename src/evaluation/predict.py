@@ -13,31 +13,48 @@ from src.data.dataset import CSIDataset, make_loader
 from src.data.inputs import cache_inputs
 from src.data.preprocess import normalization_stats
 from src.data.zones import UNKNOWN, ZONES
+from src.evaluation.calibration import apply_temperature
 from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
 from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import Predictions, predict_batches
+from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_with
 
 
-def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path) -> tuple[CSIModel, Config, CSIDataset]:
-    """A checkpoint's model, the config it was trained with, and the usable images of `source`
-    prepared as in training (found via today's [Data] image_dir), with Unknown labels."""
-    model, trained_cfg, _ = load_trained_model(cfg, Path(checkpoint))
+def stored_temperature(state: dict, checkpoint: str | Path) -> float:
+    """The temperature eval fitted on the run's validation split and kept in the checkpoint."""
+    if "calibration" not in state:
+        raise CheckpointError(f"{checkpoint}: no fitted temperature for [Evaluation] calibrate = true; run "
+                              "python main.py --mode eval on its run first (it fits one on the validation split)")
+    return float(state["calibration"]["temperature"])
+
+
+def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
+                    ) -> tuple[CSIModel, Config, CSIDataset, float | None]:
+    """A checkpoint's model, the config it was trained with, the usable images of `source`
+    prepared as in training (found via today's [Data] image_dir) with Unknown labels, and the
+    stored temperature when [Evaluation] calibrate asks for it (else None)."""
+    model, trained_cfg, state = load_trained_model(cfg, Path(checkpoint))
+    temperature = stored_temperature(state, checkpoint) if trained_cfg.evaluation.calibrate else None
     data = dataclasses.replace(trained_cfg.data, image_dir=cfg.data.image_dir)
     usable, cache, cache_rows = cache_inputs(cfg, data, source)
     mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,
                                     trained_cfg.data.normalization_std)
     dataset = CSIDataset(cache.images, cache_rows, np.full((len(usable), len(ZONES)), UNKNOWN),
                          usable["FileID"].tolist(), mean, std)
-    return model, trained_cfg, dataset
+    return model, trained_cfg, dataset, temperature
 
 
-def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset) -> tuple[Predictions, pd.DataFrame]:
-    """Predictions for every image of `dataset`, and their table (see predictions_table)."""
+def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
+                  temperature: float | None = None) -> tuple[Predictions, pd.DataFrame]:
+    """Predictions for every image of `dataset` (probabilities scaled by `temperature` when given),
+    and their table (see predictions_table)."""
     device, settings = loop_settings(trained_cfg, model)
     pred = predict_batches(model, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
                            device, settings)
+    if temperature is not None:
+        pred = dataclasses.replace(pred, probs=apply_temperature(pred.probs, temperature))
     table = predictions_table(pred.file_ids, pred.probs, None, trained_cfg.evaluation.ahf_low_threshold,
                               trained_cfg.evaluation.ahf_high_threshold)
     return pred, table
@@ -45,7 +62,6 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset) -> 
 
 def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
     """Score the images of `source` into `output` (CSV); returns the table written."""
-    model, trained_cfg, dataset = prepare_scoring(cfg, checkpoint, source)
-    _, table = score_dataset(model, trained_cfg, dataset)
+    _, table = score_dataset(*prepare_scoring(cfg, checkpoint, source))
     atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
     return table

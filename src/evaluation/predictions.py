@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -38,3 +39,13 @@ def predictions_table(file_ids: Sequence[str], probs: np.ndarray, targets: np.nd
         columns["ahf_true"] = _ahf_names(csi_true, ahf_low, ahf_high)
     columns["ahf_pred"] = _ahf_names(csi_pred, ahf_low, ahf_high)
     return pd.DataFrame(columns)
+
+
+def read_predictions_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """FileIDs, targets [N, 6], predicted classes [N, 6] and probabilities [N, 6, 5] of a table written
+    by `predictions_table` with targets (eval's predictions_<split>.csv)."""
+    table = pd.read_csv(path, dtype={"FileID": str}, keep_default_na=False)
+    targets = table[[f"{zone}_true" for zone in ZONES]].to_numpy(dtype=np.int64)
+    y_pred = table[[f"{zone}_pred" for zone in ZONES]].to_numpy(dtype=np.int64)
+    probs = np.stack([table[[f"{zone}_p{c}" for c in range(5)]].to_numpy(dtype=float) for zone in ZONES], axis=1)
+    return table["FileID"].tolist(), targets, y_pred, probs

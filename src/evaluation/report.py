@@ -18,8 +18,10 @@ from src.config.schema import Config
 from src.data.load import DataBundle
 from src.data.summary import label_counts, split_counts
 from src.data.zones import ZONES
+from src.evaluation.analysis import SplitAnalysis
 from src.reporting.html import Gallery, Heading, Image, KeyFigures, KeyValues, Report, Row, Table, Text
 from src.training.loop import Predictions
+from src.training.metrics import HEADLINE_METRICS
 
 
 @dataclass
@@ -34,6 +36,8 @@ class EvaluationRun:
     metrics: dict[str, dict[str, float]]  # per split, as in metrics.json
     out_dir: Path  # <run>/evaluation
     figures: dict[str, list[Path]] = field(default_factory=dict)  # kind -> PNGs written (see evaluate.py)
+    analyses: dict[str, SplitAnalysis] = field(default_factory=dict)  # per split: intervals, agreement, calibration
+    calibration: dict[str, float] | None = None  # the temperature fitted on val, as stored in the checkpoint
 
 
 # The figures a reader looks for first, shown as tiles: metric key -> label.
@@ -78,6 +82,61 @@ def metrics_section(run: EvaluationRun, report: Report) -> None:
     report.add_section("Metrics", *blocks, Row(tables))
 
 
+def intervals_section(run: EvaluationRun, report: Report) -> None:
+    """The headline metrics with their 95% bootstrap intervals, one column per split."""
+    if not run.analyses:
+        return
+    cells = {split: {name: f"{run.metrics[split][name]:.3f} [{a.intervals[name][0]:.3f}, {a.intervals[name][1]:.3f}]"
+                     for name in HEADLINE_METRICS} for split, a in run.analyses.items()}
+    resampled = "; ".join(f"{split}: {a.n_units} {a.units}" for split, a in run.analyses.items())
+    settings = run.cfg.evaluation
+    report.add_section("Confidence intervals", Text(
+        f"95% percentile intervals from {settings.bootstrap_samples} bootstrap resamples (seed "
+        f"{settings.bootstrap_seed}) of whole patients where PatientID is known, else of images ({resampled}). "
+        "Every metric's interval is in metrics.json (metrics_ci95).", muted=True),
+        Table(pd.DataFrame(cells), "Value [95% CI]"))
+
+
+def agreement_section(run: EvaluationRun, report: Report) -> None:
+    """Bland-Altman limits and ICC(2,1) of predicted against true CSI, per split, and the test split's plot."""
+    if not run.analyses:
+        return
+    rows = {}
+    for split, a in run.analyses.items():
+        ba, icc = a.bland_altman, a.icc
+        rows[split] = {"images": int(ba["n"]),
+                       "ICC(2,1) [95% CI]": f"{icc['icc']:.3f} [{icc['ci_low']:.3f}, {icc['ci_high']:.3f}]",
+                       "bias [95% CI]": f"{ba['bias']:+.3f} [{ba['bias_ci_low']:+.3f}, {ba['bias_ci_high']:+.3f}]",
+                       "lower limit [95% CI]": f"{ba['loa_low']:+.3f} [{ba['loa_low_ci_low']:+.3f}, "
+                                               f"{ba['loa_low_ci_high']:+.3f}]",
+                       "upper limit [95% CI]": f"{ba['loa_high']:+.3f} [{ba['loa_high_ci_low']:+.3f}, "
+                                               f"{ba['loa_high_ci_high']:+.3f}]"}
+    intro = Text("Predicted minus true CSI per image (Bland-Altman): bias and 95% limits of agreement, with "
+                 "the limits' confidence intervals of Bland & Altman (1999); intraclass correlation ICC(2,1), "
+                 "two-way random, absolute agreement, with its F-based interval (McGraw & Wong 1996).", muted=True)
+    images = [Image.from_file(p) for p in run.figures.get("statistics", []) if p.name.startswith("agreement_")]
+    report.add_section("Agreement of the CSI", intro, Table(pd.DataFrame(rows).T, "Agreement"), *images)
+
+
+def calibration_section(run: EvaluationRun, report: Report) -> None:
+    """ECE and Brier before and after temperature scaling, per scope and split, and the reliability diagram."""
+    if not run.analyses:
+        return
+    frames = []
+    for split, a in run.analyses.items():
+        frame = pd.DataFrame(a.calibration).T[["zones", "ece_before", "ece_after", "brier_before", "brier_after"]]
+        frames.append(Table(frame.astype({"zones": int}), f"{split}"))
+    temperature = run.calibration["temperature"] if run.calibration else None
+    fitted = (f"Temperature T = {temperature:.3f} fitted on the validation split (its NLL "
+              f"{run.calibration['val_nll_before']:.3f} → {run.calibration['val_nll_after']:.3f}) and stored in the "
+              "checkpoint; predict applies it with [Evaluation] calibrate = true." if temperature is not None else
+              "No validation split: no temperature fitted.")
+    intro = Text("Over zones with a known target, probabilities renormalised over the scores 0-3; confidence "
+                 "is the largest of them. ECE: 10 equal-width confidence bins. " + fitted, muted=True)
+    images = [Image.from_file(p) for p in run.figures.get("statistics", []) if p.name.startswith("calibration_")]
+    report.add_section("Calibration", intro, *frames, *images)
+
+
 def confusion_section(run: EvaluationRun, report: Report) -> None:
     """Per split: the six zones' matrices, then all zones and the AHF class side by side."""
     paths = run.figures.get("confusion", [])
@@ -112,6 +171,9 @@ def saliency_section(run: EvaluationRun, report: Report) -> None:
 EVAL_SECTIONS: tuple[Callable[[EvaluationRun, Report], None], ...] = (
     summary_section,
     metrics_section,
+    intervals_section,
+    agreement_section,
+    calibration_section,
     confusion_section,
     training_curves_section,
     saliency_section,

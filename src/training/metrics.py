@@ -42,6 +42,11 @@ METRIC_NAMES: tuple[str, ...] = (
 # What a validation epoch reports (validation_history.json, minus `epoch` and the `val_images` count):
 # the names [Callbacks] monitor and [Hyperopt] metric may take.
 VALIDATION_METRICS: tuple[str, ...] = ("val_loss", *(f"val_{name}" for name in METRIC_NAMES))
+# What a paper reports, with confidence intervals: pooled, then macro F1, accuracy and QWK of each zone.
+HEADLINE_METRICS: tuple[str, ...] = (
+    "f1_macro", "accuracy", "qwk", *_CSI, "ahf_accuracy", "ahf_f1_macro",
+    *(f"{name}_{zone}" for zone in ZONES for name in ("f1_macro", "accuracy", "qwk")),
+)
 
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ CHECKPOINT_FORMAT = 1
 # not what the model is or how its inputs were prepared (those come from the checkpoint).
 RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
                 "Training.compile", "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
-                "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Logging.log_dir")
+                "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Evaluation.bootstrap_samples",
+                "Evaluation.bootstrap_seed", "Evaluation.calibrate", "Logging.log_dir")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
