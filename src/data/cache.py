@@ -2,6 +2,10 @@
 
 The cache is keyed by the file list (paths, sizes, mtimes) and the preprocessing settings, so a
 changed file or setting makes a new cache and an unchanged one is found again.
+
+Processes that need the same cache at once (hyperopt workers, two trainings) take turns on a lock
+file per key: one decodes, the others wait and then read its result. A cache is complete once its
+manifest exists (written after the array is renamed into place), so no reader sees half of one.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from tqdm import tqdm
 
 from src.config.schema import DataConfig
 from src.data.preprocess import preprocess_image
 from src.data.readers import read_image
 from src.utils.errors import DataError
-from src.utils.io import atomic_write_text
+from src.utils.io import atomic_write_text, require_free_space
 
 CACHE_FORMAT_VERSION = 1
 # Below this many images, starting a process pool (about 3 s) costs more than it saves.
@@ -92,10 +97,23 @@ def build_cache(paths: Sequence[Path], settings: CacheSettings, cache_dir: str |
     npy, manifest = cache_dir / f"{key}.npy", cache_dir / f"{key}.json"
     if npy.is_file() and manifest.is_file():
         return _load(npy, manifest)
-
     cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_dir / f"{key}.lock"):
+        if npy.is_file() and manifest.is_file():  # another process built it while this one waited
+            return _load(npy, manifest)
+        for stale in cache_dir.glob(f"{key}.npy.*.partial"):  # left by a builder that was killed
+            stale.unlink(missing_ok=True)
+        return _decode_all(paths, settings, npy, manifest, workers)
+
+
+def _decode_all(paths: Sequence[Path], settings: CacheSettings, npy: Path, manifest: Path,
+                workers: int | None) -> ImageCache:
     size = settings.image_size
-    partial_npy = cache_dir / f"{key}.npy.{os.getpid()}.partial"
+    # A memory map on a full disk fails with SIGBUS at the first page it cannot store, not with an
+    # error: refuse before writing.
+    require_free_space(npy.parent, len(paths) * size * size * np.dtype(settings.dtype).itemsize,
+                       f"the image cache {npy.name}")
+    partial_npy = npy.with_name(f"{npy.name}.{os.getpid()}.partial")
     images = np.lib.format.open_memmap(partial_npy, mode="w+", dtype=np.dtype(settings.dtype),
                                        shape=(len(paths), size, size))
     failures: dict[int, str] = {}

@@ -27,3 +27,15 @@ class TrialFailed(CSIError):
 
 class ExportError(CSIError):
     """A model that cannot be exported faithfully, or an exported model that cannot be used."""
+
+
+class OutputError(CSIError):
+    """A file that cannot be written: disk full, read-only filesystem, missing permission."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C after writing a checkpoint; `run_dir` resumes it (exit code 130)."""
+
+    def __init__(self, message: str, run_dir) -> None:
+        super().__init__(message)
+        self.run_dir = run_dir
