@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
 from typing import Any
 
@@ -10,7 +11,7 @@ import click
 
 from src.config.loader import load_config
 from src.config.schema import section_fields, section_names
-from src.utils.errors import CSIError
+from src.utils.errors import CSIError, TrainingInterrupted
 from src.utils.logging import add_file_log, logger, setup_logging
 
 # mode -> (handler "module:function", one line of help). A mode is listed here once it works.
@@ -53,6 +54,7 @@ def _schema_flags(command):
     return command
 
 
+DEFAULT_CONFIG = "config/config.ini"
 _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.items())
 
 
@@ -61,7 +63,7 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
                                                     "allow_extra_args": True})
 @click.pass_context
 @click.option("--mode", type=click.Choice(list(MODES)), required=True, help="What to do (see Modes below).")
-@click.option("--config", "config_path", default="config/config.ini", show_default=True,
+@click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
               help="INI file with the run's configuration.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override one config key; repeatable. Beats environment variables and the INI file.")
@@ -120,6 +122,11 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         else:
             logger.error(str(exc))
         sys.exit(2)
+    except TrainingInterrupted as exc:
+        config = "" if config_path == DEFAULT_CONFIG else f" --config {shlex.quote(config_path)}"
+        logger.warning(f"{exc}. Resume with: python main.py --mode train --resume {shlex.quote(str(exc.run_dir))}"
+                       f"{config}")
+        sys.exit(130)
     except KeyboardInterrupt:
         # Checkpoints and histories are written atomically after each epoch: what was saved is whole.
         logger.warning("interrupted; files written so far are complete (resume a training run with --resume)")

@@ -18,6 +18,8 @@ class EpochBatchSampler(Sampler[list[int]]):
     batch too small to give every rank two images is dropped: all ranks then take the same number
     of steps (DistributedDataParallel needs that) and BatchNorm never sees a lone image. With
     `keep_all` (evaluation) every image is kept and ranks may take different numbers of batches.
+    An epoch interrupted after N batches resumes with `set_epoch(epoch, first_batch=N)`, which
+    yields (and counts) only the batches after those.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int = 0, shuffle: bool = True, rank: int = 0,
@@ -25,10 +27,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.batch_size, self.seed, self.shuffle, self.keep_all = batch_size, seed, shuffle, keep_all
         self.rank, self.world_size = rank, world_size
         self.size = size if limit is None else min(limit, size)
-        self.epoch = 0
+        self.epoch, self.first_batch = 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        self.epoch, self.first_batch = epoch, first_batch
 
     def _global_batches(self) -> list[np.ndarray]:
         if self.shuffle:
@@ -37,7 +39,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         else:
             order = np.arange(self.size)
         batches = [order[i:i + self.batch_size] for i in range(0, self.size, self.batch_size)]
-        return [b for b in batches if self._kept(len(b))]
+        return [b for b in batches if self._kept(len(b))][self.first_batch:]
 
     def _kept(self, batch_length: int) -> bool:
         """Whether a global batch of this length is used (see the class docstring)."""
@@ -50,4 +52,4 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         # Lengths alone decide which batches are kept: no permutation needed to count them.
         lengths = (min(self.batch_size, self.size - start) for start in range(0, self.size, self.batch_size))
-        return sum(self._kept(length) for length in lengths)
+        return max(sum(self._kept(length) for length in lengths) - self.first_batch, 0)

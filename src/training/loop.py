@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,14 @@ __all__ = ["LoopSettings", "Predictions", "TrainingDiverged", "place_model", "pr
            "validate_epoch"]
 
 
+class StepInterrupted(Exception):
+    """train_epoch stopped on request after `batches` batches, at the end of an optimizer step."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__(f"stopped after {batches} batches")
+        self.batches = batches
+
+
 @dataclass
 class LoopSettings:
     """How each step runs; everything train_epoch/validate_epoch need beyond the spec'd arguments."""
@@ -45,6 +54,7 @@ class LoopSettings:
     ahf_high: float = 2.2
     progress: bool = True
     dist: DistInfo = field(default_factory=DistInfo)
+    stop: threading.Event | None = None  # once set, train_epoch raises StepInterrupted after the current step
     nonfinite_streak: int = field(default=0, repr=False)  # carried across epochs
 
     @classmethod
@@ -152,7 +162,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         else:
             skipped += 1
             _record_nonfinite(settings, epoch)
-        if index + 1 == group_start + group_size:  # last batch of an accumulation group
+        group_end = index + 1 == group_start + group_size  # last batch of an accumulation group
+        if group_end:
             if group_has_gradient:
                 norm = _optimizer_step(model, optimizer, settings)
                 if math.isnan(norm):
@@ -169,6 +180,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
             shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / max(loss_count, 1):.4f}",
                             img_s=f"{images_seen / (shown - started):.1f}", refresh=False)
+        if group_end and index + 1 < n_batches and settings.stop is not None and settings.stop.is_set():
+            raise StepInterrupted(index + 1)
     elapsed = time.perf_counter() - started
     # Metrics over every rank's batches, not this rank's share alone.
     counts = sum(gather_objects(confusion.cpu().numpy(), settings.dist))

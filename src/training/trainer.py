@@ -20,14 +20,15 @@ from src.models.factory import build_model
 from src.training.callbacks import EarlyStopping, MetricsTracker, is_improvement, resolve_mode
 from src.training.distillation import build_distillation
 from src.training.loggers import create_loggers
-from src.training.loop import LoopSettings, place_model, train_epoch, validate_epoch
+from src.training.loop import LoopSettings, StepInterrupted, place_model, train_epoch, validate_epoch
 from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.utils.checkpoint import read_checkpoint, save_checkpoint
 from src.utils.device import resolve_device
 from src.utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown
-from src.utils.errors import CheckpointError, ConfigError
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.errors import CheckpointError, ConfigError, OutputError, TrainingInterrupted
+from src.utils.interrupt import stop_requests
+from src.utils.io import atomic_write_text, atomic_write_with, remove_temporaries, require_free_space
 from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, create_run_dir
 from src.utils.seed import seed_everything
@@ -149,7 +150,7 @@ class _Trainer:
         self.stopper = EarlyStopping(cfg.callbacks.early_stopping_patience, cfg.callbacks.early_stopping_min_delta,
                                      self.mode, cfg.callbacks.restore_best_weights)
         self.progress = _Progress()
-        self.start_epoch = 1
+        self.start_epoch, self.first_batch = 1, 0  # first_batch > 0: resuming inside start_epoch
         self.net = wrap_model(self.model, cfg.training.compile, self.dist, self.device)
         self.run_dir = self._prepare_run_dir(resume, provenance, run_dir)
         if resume is not None:
@@ -186,8 +187,13 @@ class _Trainer:
             return None
         run_dir = None
         if self.dist.is_main:
+            self._require_checkpoint_space(resume.parent if resume else given or Path(cfg.training.output_dir),
+                                           resume)
             run_dir = resume.parent if resume else given or create_run_dir(
                 cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
+            if resume:  # half-written files of a killed process
+                remove_temporaries(run_dir)
+                remove_temporaries(run_dir / "logs")
         run_dir = broadcast_object(run_dir, self.dist)
         if resume is None:
             header = f"Resolved configuration of run {run_dir.name}" + (f"\n{provenance}" if provenance else "")
@@ -198,9 +204,19 @@ class _Trainer:
                                   binary=False)
         return run_dir
 
-    def _state(self, epoch: int, metrics: dict) -> dict:
+    def _require_checkpoint_space(self, directory: Path, resume: Path | None) -> None:
+        """Fail before training when the disk cannot hold the run's checkpoints: each holds the
+        weights and up to two optimizer moments per weight; a new run keeps best, last and the
+        top-k, and one more is being written at a time (a resumed run replaces its own)."""
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        files = 1 if resume else 3 + self.cfg.callbacks.save_top_k
+        require_free_space(directory, 3 * weights * files, "this run's checkpoints ([Training] output_dir)")
+
+    def _state(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
+        """What a checkpoint holds after `epoch` (and `next_batch` batches of the next one)."""
         return {
             "model": self.model.state_dict(), "arch": self.model.arch_name, "epoch": epoch, "metrics": metrics,
+            "next_batch": next_batch,
             "config": self.cfg_text, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
             "scaler": self.settings.scaler.state_dict() if self.settings.scaler else None,
@@ -220,7 +236,7 @@ class _Trainer:
         self.settings.nonfinite_streak = state["nonfinite_streak"]
         self.progress.best_value = state["progress"]["best_value"]
         self.progress.top_k = state["progress"]["top_k"]
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch, self.first_batch = state["epoch"] + 1, state.get("next_batch", 0)
         logs = checkpoint.parent / "logs"
         for name, history in (("training_history.json", self.progress.train_history),
                               ("validation_history.json", self.progress.val_history)):
@@ -229,7 +245,8 @@ class _Trainer:
                 history.extend(h for h in json.loads(path.read_text()) if h["epoch"] < self.start_epoch)
         self.cfg_text = state["config"]
         _set_rng_state(state["rng"])
-        logger.info(f"Resuming {checkpoint.parent} after epoch {state['epoch']}")
+        logger.info(f"Resuming {checkpoint.parent} after epoch {state['epoch']}"
+                    + (f" and {self.first_batch} batches of the next" if self.first_batch else ""))
 
     def _save_checkpoints(self, epoch: int, value: float, metrics: dict, loggers) -> None:
         run_dir, progress, k = self.run_dir, self.progress, self.cfg.callbacks.save_top_k
@@ -253,9 +270,13 @@ class _Trainer:
     def _run_epoch(self, epoch: int, last_epoch: int, tracker: MetricsTracker, loggers,
                    on_epoch_end: Callable[[int, dict], None] | None) -> bool:
         """Train, validate, record and checkpoint one epoch; True when training should stop."""
-        self.train_loader.batch_sampler.set_epoch(epoch)
-        train_metrics = train_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.device,
-                                    epoch, self.settings)
+        first = self.first_batch if epoch == self.start_epoch else 0
+        self.train_loader.batch_sampler.set_epoch(epoch, first)
+        try:
+            train_metrics = train_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.device,
+                                        epoch, self.settings)
+        except StepInterrupted as stop:
+            self._save_interrupted(epoch, first + stop.batches)
         val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings)
         value = val_metrics[self.monitor]  # a published name: the config's validation checked it
         self.progress.train_history.append(train_metrics)
@@ -278,6 +299,13 @@ class _Trainer:
             logger.info(f"Early stopping: no {self.monitor} improvement for {self.stopper.bad_epochs} epochs")
         return should_stop
 
+    def _save_interrupted(self, epoch: int, batches: int) -> None:
+        """Checkpoint the middle of `epoch` (its val metrics are the last epoch's) and stop."""
+        metrics = self.progress.val_history[-1] if self.progress.val_history else {}
+        save_checkpoint(self.run_dir / LAST, self._state(epoch - 1, metrics, next_batch=batches))
+        raise TrainingInterrupted(f"Interrupted after batch {batches} of epoch {epoch}; "
+                                  f"saved {self.run_dir / LAST}", self.run_dir)
+
     def fit(self, on_epoch_end: Callable[[int, dict], None] | None) -> TrainResult:
         cfg, tracker = self.cfg, MetricsTracker([{**t, **v} for t, v in zip(self.progress.train_history,
                                                                               self.progress.val_history)])
@@ -289,8 +317,17 @@ class _Trainer:
                         f"({str(self.settings.dtype).removeprefix('torch.')}"
                         f"{', channels_last' if self.settings.channels_last else ''})")
         writes = self.run_dir is not None and self.dist.is_main
-        with create_loggers(cfg, self.run_dir, resume=self.start_epoch > 1, enabled=writes) as loggers:
+        # Ctrl-C stops at a step's end and checkpoints, except in a distributed run (whose ranks
+        # would have to agree on the step) and a fast dev run (nothing to keep).
+        interruptible = writes and not self.dist.enabled
+        with create_loggers(cfg, self.run_dir, resume=self.start_epoch > 1 or self.first_batch > 0,
+                            enabled=writes) as loggers, \
+                stop_requests(enabled=interruptible) as stop:
+            self.settings.stop = stop
             for epoch in range(self.start_epoch, last_epoch + 1):
+                if stop.is_set():
+                    raise TrainingInterrupted(f"Interrupted after epoch {epoch - 1}; saved {self.run_dir / LAST}",
+                                              self.run_dir)
                 if self._run_epoch(epoch, last_epoch, tracker, loggers, on_epoch_end):
                     break
             best = tracker.best(self.monitor, self.mode) or tracker.history[-1]
@@ -319,5 +356,10 @@ def train_model(cfg: Config, data: DataBundle | None = None,
     trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None, provenance, run_dir)
     try:
         return trainer.fit(on_epoch_end)
+    except OutputError as exc:
+        if trainer.run_dir is None or not (trainer.run_dir / LAST).is_file():
+            raise
+        raise OutputError(f"{exc}; {trainer.run_dir} keeps its last complete checkpoint: make room, then "
+                          f"continue with --resume {trainer.run_dir}") from None
     finally:
         shutdown(trainer.dist)
