@@ -16,5 +16,5 @@ from src.utils.io import atomic_write_text
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "config/config.ini")
     cfg = load_config(path if path.exists() else None, env={})
-    atomic_write_text(path, render_ini(cfg, SHIPPED_HEADER))
+    atomic_write_text(path, render_ini(cfg, SHIPPED_HEADER, keep_secrets=True))
     print(f"wrote {path}")

@@ -13,6 +13,7 @@ from src.config.loader import load_config
 from src.config.schema import section_fields, section_names
 from src.utils.errors import CSIError, TrainingInterrupted
 from src.utils.logging import add_file_log, logger, setup_logging
+from src.utils.secrets import mask_secrets
 
 # mode -> (handler "module:function", one line of help). A mode is listed here once it works.
 MODES: dict[str, tuple[str, str]] = {
@@ -104,6 +105,7 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
     if ctx.args and mode != SWEEP_RUN:
         raise click.UsageError(f"No such option: {ctx.args[0]}", ctx)
     setup_logging(log_level)
+    sys.argv[1:] = [mask_secrets(arg) for arg in sys.argv[1:]]  # W&B records the command line; parsed already
     flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
     module_name, function_name = MODES[mode][0].split(":")
     runs = options["runs"]

@@ -6,6 +6,7 @@ import textwrap
 
 from src.config.loader import describe_allowed
 from src.config.schema import SEARCH_SPACE_FIELD, SEARCH_SPACE_SECTION, Config, section_fields, section_names
+from src.utils.secrets import mask_secrets
 
 SHIPPED_HEADER = """CSI-Predictor configuration.
 
@@ -33,8 +34,9 @@ def _doc(fld) -> str:
     return f"{fld.metadata['help']} Allowed: {describe_allowed(fld)}. Default: {default or '(empty)'}."
 
 
-def render_ini(cfg: Config, header: str = "", documented: bool = True) -> str:
-    """INI text holding every key of `cfg`; with `documented`, each key is preceded by its help."""
+def render_ini(cfg: Config, header: str = "", documented: bool = True, keep_secrets: bool = False) -> str:
+    """INI text holding every key of `cfg`; with `documented`, each key is preceded by its help.
+    Passwords in URLs are masked unless `keep_secrets` (the user's own config file being re-rendered)."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
     for section in section_names():
         if lines:
@@ -47,5 +49,6 @@ def render_ini(cfg: Config, header: str = "", documented: bool = True) -> str:
             if section == SEARCH_SPACE_SECTION and name == SEARCH_SPACE_FIELD:
                 lines.extend(f"{key} = {spec}" for key, spec in value)
             else:
-                lines.append(f"{name} = {format_value(value)}")
+                text = format_value(value)
+                lines.append(f"{name} = {text if keep_secrets else mask_secrets(text)}")
     return "\n".join(lines) + "\n"

@@ -25,6 +25,7 @@ from src.config.render import render_ini
 from src.config.schema import Config
 from src.utils.io import atomic_open, atomic_write_text
 from src.utils.logging import logger
+from src.utils.secrets import mask_secrets
 
 if TYPE_CHECKING:
     import wandb
@@ -159,7 +160,9 @@ class RunLoggers(RunLogger):
 def wandb_config(cfg: Config) -> dict[str, dict[str, Any]]:
     """The config as {"Training": {"batch_size": 32, ...}, ...}, which W&B shows as Training.batch_size
     (W&B asks for config keys without dots, so the sections nest rather than flatten)."""
-    return {f.name.capitalize(): dataclasses.asdict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    return {f.name.capitalize(): {key: mask_secrets(value) if isinstance(value, str) else value
+                                  for key, value in dataclasses.asdict(getattr(cfg, f.name)).items()}
+            for f in dataclasses.fields(cfg)}
 
 
 def resolve_wandb_mode(mode: str) -> str:

@@ -7,14 +7,21 @@ from pathlib import Path
 
 from loguru import logger
 
+from src.utils.secrets import mask_secrets
+
 __all__ = ["logger", "setup_logging", "add_file_log"]
 
 _CONSOLE_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
 
 
+def _mask_record(record) -> None:
+    record["message"] = mask_secrets(record["message"])
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Console logging at `level` (to stderr, so stdout carries only results)."""
     logger.remove()
+    logger.configure(patcher=_mask_record)  # console and file alike
     logger.add(sys.stderr, level=level.upper(), format=_CONSOLE_FORMAT, backtrace=False, diagnose=False)
 
 
