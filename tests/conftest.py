@@ -157,3 +157,14 @@ def postgres_url():
     finally:
         run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def log_messages():
+    """Messages the tool logs (loguru) while the test runs."""
+    from src.utils.logging import logger
+
+    messages: list[str] = []
+    handler = logger.add(messages.append, level="DEBUG", format="{level} {message}")
+    yield messages
+    logger.remove(handler)

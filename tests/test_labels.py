@@ -78,5 +78,5 @@ def test_missing_columns_and_file(tmp_path):
 
 def test_bad_split_value(tmp_path):
     path = write(tmp_path, f"{HEADER};split\n1;0;0;0;0;0;0;;holdout\n")
-    with pytest.raises(DataError, match="line 2, column split: 'holdout'"):
+    with pytest.raises(DataError, match=r"line 2 \(FileID 1\), column split: 'holdout'"):
         read_labels(path)

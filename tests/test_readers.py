@@ -133,11 +133,14 @@ def test_dicom_voi_lut_sequence_is_applied():
     np.testing.assert_array_equal(read_image(DICOM_DATA / "vlut_04.dcm"), expected)
 
 
-def test_dicom_multiframe_gives_first_frame():
+def test_dicom_multiframe_gives_the_chosen_frame():
     ds = pydicom.dcmread(DICOM_DATA / "emri_small.dcm")
     frames = ds.pixel_array
     assert int(ds.NumberOfFrames) > 1 and not np.array_equal(frames[0], frames[1])
-    np.testing.assert_array_equal(read_image(DICOM_DATA / "emri_small.dcm"), frames[0])
+    np.testing.assert_array_equal(read_image(DICOM_DATA / "emri_small.dcm", "first"), frames[0])
+    np.testing.assert_array_equal(read_image(DICOM_DATA / "emri_small.dcm", "index", 1), frames[1])
+    with pytest.raises(DataError, match="a volume of 10 frames"):
+        read_image(DICOM_DATA / "emri_small.dcm")
 
 
 def test_dicom_rgb_becomes_grey():
@@ -190,7 +193,7 @@ def test_nifti_real_volume_gives_middle_axial_slice(tmp_path):
     volume[:, :, 3] = 1.0
     volume[3, 4, 3] = RIGHT_SUPERIOR  # right, anterior in the middle slice
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "v.nii")
-    image = read_image(tmp_path / "v.nii")
+    image = read_image(tmp_path / "v.nii", "middle")
     assert image.shape == (5, 4) and image.min() == 1.0  # only the middle slice, all ones there
     assert image[0, 0] == RIGHT_SUPERIOR  # anterior on top, patient's right on the left
 
@@ -201,21 +204,23 @@ def test_nifti_bundled_las_volume():
     data = img.get_fdata()
     # LAS: columns must run with +i (right -> left), rows against +j (anterior on top).
     expected = data[:, ::-1, data.shape[2] // 2].T
-    np.testing.assert_array_equal(read_image(NIFTI_DATA / "anatomical.nii"), expected)
+    np.testing.assert_array_equal(read_image(NIFTI_DATA / "anatomical.nii", "middle"), expected)
 
 
-def test_nifti_bundled_4d_gives_first_volume():
+def test_nifti_bundled_4d_gives_the_chosen_volume():
     img = nib.load(NIFTI_DATA / "example4d.nii.gz")
     assert len(img.shape) == 4 and nib.aff2axcodes(img.affine) == ("L", "A", "S")
     data = img.get_fdata()
-    expected = data[:, ::-1, data.shape[2] // 2, 0].T
-    assert not np.array_equal(expected, data[:, ::-1, data.shape[2] // 2, 1].T)
-    np.testing.assert_allclose(read_image(NIFTI_DATA / "example4d.nii.gz"), expected, rtol=1e-6)
+    middle = data[:, ::-1, data.shape[2] // 2, data.shape[3] // 2].T
+    assert not np.array_equal(middle, data[:, ::-1, data.shape[2] // 2, 0].T)
+    np.testing.assert_allclose(read_image(NIFTI_DATA / "example4d.nii.gz", "middle"), middle, rtol=1e-6)
+    with pytest.raises(DataError, match=f"a volume of {data.shape[3]} volumes"):
+        read_image(NIFTI_DATA / "example4d.nii.gz")
 
 
 def test_nifti_bundled_ras_gz():
     data = nib.load(NIFTI_DATA / "standard.nii.gz").get_fdata()
-    image = read_image(NIFTI_DATA / "standard.nii.gz")
+    image = read_image(NIFTI_DATA / "standard.nii.gz", "middle")
     np.testing.assert_array_equal(image, data[::-1, ::-1, data.shape[2] // 2].T)
 
 

@@ -6,6 +6,7 @@ environment variables (CSI_<SECTION>_<KEY>) > the INI file > schema defaults.
 
 from __future__ import annotations
 
+import codecs
 import configparser
 import dataclasses
 import difflib
@@ -209,6 +210,15 @@ def validate(cfg: Config, origin: str = "config") -> None:
         )
     if data.train_fraction == 0 or data.val_fraction == 0:
         raise ConfigError(f"{origin}: [Data] train_fraction and val_fraction must be above 0")
+    if len(data.csv_separator) > 1 or data.csv_separator in ('"', "\n", "\r"):
+        raise ConfigError(f"{origin}: [Data] csv_separator = {data.csv_separator!r} is not allowed: expected one "
+                          "character such as ; , or a tab, or empty to detect it")
+    if data.csv_encoding != "auto":
+        try:
+            codecs.lookup(data.csv_encoding)
+        except LookupError:
+            raise ConfigError(f"{origin}: [Data] csv_encoding = {data.csv_encoding!r} is not a known text encoding "
+                              "(e.g. auto, utf-8, cp1252, latin-1)") from None
     if data.clip_low_percentile >= data.clip_high_percentile:
         raise ConfigError(f"{origin}: [Data] clip_low_percentile must be below clip_high_percentile")
     ev = cfg.evaluation

@@ -221,9 +221,27 @@ class DataConfig:
     image_extension: str = key(
         "",
         "Extension of the image files (e.g. .png); empty: find each file whatever its supported "
-        "extension (.png .jpg .jpeg .dcm .dicom .nii .nii.gz).",
+        "extension (.png .jpg .jpeg .dcm .dicom .ima .nii .nii.gz, any case) and DICOM files with "
+        "no or another extension (recognised by their content).",
     )
-    csv_separator: str = key("", "Separator of the labels CSV; empty: detect ';' or ','.")
+    recursive: bool = key(
+        False, "Also look for images in sub-folders of image_dir; their FileID is the path relative to "
+        "image_dir without extension, e.g. patient7/study2/img001.")
+    allow_outside_paths: bool = key(
+        False, "Let FileIDs and the path column of the labels CSV name files outside image_dir ('..', "
+        "absolute paths, symbolic links out of it).")
+    volume_slice: str = key(
+        "error",
+        "A volume (multi-frame DICOM, 3-D or 4-D NIfTI) instead of a 2-D image: error refuses it; first, "
+        "middle or last take that frame (DICOM), axial slice (3-D NIfTI) or volume and slice (4-D); index "
+        "takes volume_index.",
+        choices=("error", "first", "middle", "last", "index"),
+    )
+    volume_index: int = key(0, "volume_slice = index: 0-based frame, slice (and 4-D volume) to take.", min=0)
+    csv_separator: str = key("", "Separator of the labels CSV; empty: detect ';', ',' or tab.")
+    csv_encoding: str = key(
+        "auto", "Text encoding of the labels CSV (utf-8, cp1252, latin-1, ...); auto: UTF-8 (with or without "
+        "BOM), UTF-16 with a BOM, else Windows-1252 with a warning.")
     train_fraction: float = key(0.70, "Share of images (or patients) for training.", min=0, max=1)
     val_fraction: float = key(0.15, "Share for validation.", min=0, max=1)
     test_fraction: float = key(0.15, "Share for testing.", min=0, max=1)

@@ -43,11 +43,13 @@ class CacheSettings:
     clip_low_percentile: float
     clip_high_percentile: float
     dtype: str
+    volume_slice: str = "error"
+    volume_index: int = 0
 
     @classmethod
     def from_config(cls, data: DataConfig) -> CacheSettings:
         return cls(data.image_size, data.resize_mode, data.clip_low_percentile,
-                   data.clip_high_percentile, data.cache_dtype)
+                   data.clip_high_percentile, data.cache_dtype, data.volume_slice, data.volume_index)
 
 
 @dataclass
@@ -70,7 +72,7 @@ def cache_key(paths: Sequence[Path], settings: CacheSettings) -> str:
 
 def _decode(path: Path, settings: CacheSettings) -> tuple[np.ndarray | None, tuple[int, int] | None, str]:
     try:
-        image = read_image(path)
+        image = read_image(path, settings.volume_slice, settings.volume_index)
     except DataError as exc:
         return None, None, str(exc)
     stored = preprocess_image(image, settings.image_size, settings.resize_mode,

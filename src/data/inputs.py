@@ -24,14 +24,16 @@ def collect_inputs(cfg: Config, source: Path) -> pd.DataFrame:
     """FileID and path of each image to score: every supported image of a directory, or the rows of
     a CSV in the labels layout resolved through [Data] image_dir like training does."""
     if source.is_dir():
-        files = sorted(index_directory(source).items())
+        files = sorted(index_directory(source, cfg.data.recursive).items())
         if not files:
-            raise DataError(f"{source}: no image with a supported extension ({', '.join(SUPPORTED_EXTENSIONS)})")
+            raise DataError(f"{source}: no image with a supported extension ({', '.join(SUPPORTED_EXTENSIONS)}) "
+                            "and no DICOM file")
         return pd.DataFrame({"FileID": [stem for stem, _ in files], "path": [str(p) for _, p in files]})
     if not source.is_file():
         raise DataError(f"{source}: --input is neither a directory nor a CSV file")
-    table = read_file_ids(source, cfg.data.csv_separator)
-    paths = locate_images(table, cfg.data.image_dir, cfg.data.image_extension)
+    table = read_file_ids(source, cfg.data.csv_separator, cfg.data.csv_encoding)
+    paths = locate_images(table, cfg.data.image_dir, cfg.data.image_extension, cfg.data.recursive,
+                          cfg.data.allow_outside_paths, source)
     return table.assign(path=[str(p) if p else "" for p in paths])
 
 

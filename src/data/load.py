@@ -83,21 +83,43 @@ def cache_images(file_ids: Sequence[str], paths: Sequence[Path | None], data: Da
 
 
 def read_split_csv(path: str | Path) -> pd.Series:
-    """FileID -> split from a run's split.csv."""
+    """FileID -> split from a run's split.csv, checked: readable, FileID and split columns, split
+    names train/val/test, each FileID once."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable split file ({' '.join(str(exc).split())})") from None
     if not {"FileID", "split"} <= set(split.columns):
-        raise DataError(f"{path}: expected columns FileID and split")
+        raise DataError(f"{path}: expected columns FileID and split, found {', '.join(map(str, split.columns))}")
+    bad = split.index[~split["split"].isin(SPLITS)]
+    if len(bad):
+        raise DataError(f"{path}: line {bad[0] + 2} (FileID {split.at[bad[0], 'FileID']}): split "
+                        f"{split.at[bad[0], 'split']!r} is not one of {', '.join(SPLITS)}")
+    repeated = split.index[split["FileID"].duplicated()]
+    if len(repeated):
+        raise DataError(f"{path}: line {repeated[0] + 2}: FileID {split.at[repeated[0], 'FileID']} appears twice")
     return split.set_index("FileID")["split"]
+
+
+def _check_splits(table: pd.DataFrame, origin: str | Path) -> None:
+    """Training needs images in train and val; say which split came out empty and why."""
+    counts = table["split"].value_counts()
+    empty = [name for name in ("train", "val") if not counts.get(name, 0)]
+    if empty:
+        raise DataError(f"{origin}: the {' and '.join(empty)} split(s) would be empty ({len(table)} usable "
+                        f"image(s): {', '.join(f'{n} {counts.get(n, 0)}' for n in SPLITS)}); add images, "
+                        "fix the split column or change [Data] train_fraction/val_fraction")
 
 
 def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     """Read labels, find and cache every image, and assign splits (or take them from `split_csv`)."""
     data = cfg.data
-    table = read_labels(data.labels_csv, data.csv_separator)
-    paths = locate_images(table, data.image_dir, data.image_extension)
+    table = read_labels(data.labels_csv, data.csv_separator, data.csv_encoding)
+    paths = locate_images(table, data.image_dir, data.image_extension, data.recursive, data.allow_outside_paths,
+                          data.labels_csv)
     cache, cache_index, skipped = cache_images(table["FileID"].tolist(), paths, data, data.labels_csv)
     table = table.assign(path=[str(p) if p else "" for p in paths], cache_index=cache_index)
     table = table[cache_index >= 0].reset_index(drop=True)
@@ -107,12 +129,12 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     if split_csv is not None:
         saved = read_split_csv(split_csv)
         table = table[table["FileID"].isin(saved.index)].reset_index(drop=True)
+        if table.empty:
+            raise DataError(f"{split_csv}: none of its FileIDs has a usable image in {data.labels_csv}")
         table["split"] = saved.loc[table["FileID"]].to_numpy()
     else:
         fractions = (data.train_fraction, data.val_fraction, data.test_fraction)
         table["split"] = assign_splits(table, fractions, cfg.training.seed).to_numpy()
-    unknown_splits = set(table["split"]) - set(SPLITS)
-    if unknown_splits:
-        raise DataError(f"{split_csv}: unknown split name(s) {sorted(unknown_splits)}; allowed {SPLITS}")
+        _check_splits(table, data.labels_csv)
     mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
     return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std)
