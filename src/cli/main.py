@@ -81,7 +81,7 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="export: the file format.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="predict: score with PyTorch and a checkpoint, or with onnxruntime and an exported .onnx model.")
-@click.option("--resume", type=click.Path(exists=True),
+@click.option("--resume", type=click.Path(),
               help="train: continue a run in place from RUN_DIR (its last_model.pth) or a checkpoint.")
 @click.option("--fast-dev-run", is_flag=True, help="train: one batch of train and val, nothing written.")
 @click.option("--overfit-batches", type=click.IntRange(min=1), metavar="N",
@@ -137,7 +137,14 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
 
 def main(default_mode: str | None = None) -> None:
     """Console entry point; legacy module entry points pass the mode they stand for."""
-    cli(prog_name="main.py", default_map={"mode": default_mode} if default_mode else None)
+    try:
+        cli.main(prog_name="main.py", default_map={"mode": default_mode} if default_mode else None,
+                 standalone_mode=False)
+    except click.UsageError as exc:  # a bad flag is bad input like any other: one line, exit 2
+        click.echo(f"main.py: {exc.format_message()} (python main.py --help lists the options)", err=True)
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

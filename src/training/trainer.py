@@ -93,6 +93,8 @@ def _write_histories(run_dir: Path, progress: _Progress) -> None:
 def resume_checkpoint(target: str | Path) -> Path:
     """The checkpoint to continue from: the file itself, or a run directory's last_model.pth."""
     path = Path(target)
+    if not path.exists():
+        raise CheckpointError(f"{target}: nothing to resume (no such run directory or checkpoint)")
     path = path / LAST if path.is_dir() else path
     if not path.is_file():
         raise CheckpointError(f"{target}: nothing to resume (no {LAST} in that run directory)")

@@ -35,9 +35,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
+        # torch.load does not check the archive's CRCs: flipped bytes inside a tensor would load.
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged:
+                raise zipfile.BadZipFile(f"entry {damaged} fails its CRC check")
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable CSI-Predictor checkpoint ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable CSI-Predictor checkpoint ({reason})") from None
     if not isinstance(state, dict) or not {"model", "arch", "config"} <= set(state):
         raise CheckpointError(f"{path}: not a CSI-Predictor checkpoint (no model/arch/config entries)")
     return state
