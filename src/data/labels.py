@@ -23,6 +23,12 @@ _SEPARATORS = (";", ",", "\t")
 _SPREADSHEET_FLOAT = re.compile(r"(\d+)\.0+")
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` fit for a one-line message: whitespace runs (quoted line breaks) as one space, cut."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
 def decode_csv(path: Path, encoding: str = "auto") -> str:
     """The text of the CSV at `path`. auto: UTF-8 (a BOM is dropped), UTF-16 when it starts with a
     BOM, else Windows-1252 (Latin-1 for bytes it leaves undefined), which is what spreadsheets on
@@ -103,16 +109,18 @@ def _read_csv(path: Path, separator: str, encoding: str,
             end = reader.line_num
     except csv.Error as exc:
         raise DataError(f"{path}: line {end + 1}: not readable as CSV with separator {separator!r} ({exc})") from None
-    header_at = next(i for i, row in enumerate(rows) if any(cell.strip() for cell in row))
+    header_at = next((i for i, row in enumerate(rows) if any(cell.strip() for cell in row)), None)
+    if header_at is None:
+        raise DataError(f"{path}: the CSV file has no header line; expected one with {', '.join(required)}")
     header = [cell.strip() for cell in rows[header_at]]
     by_lower: dict[str, str] = {}
     for name in header:
         if name and name.lower() in by_lower:
-            raise DataError(f"{path}: column {name} appears twice in the header (line {lines[header_at]})")
+            raise DataError(f"{path}: column {_shown(name)} appears twice in the header (line {lines[header_at]})")
         by_lower[name.lower()] = name
     missing = [c for c in required if c not in by_lower]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header)} "
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {_shown(', '.join(header))} "
                         f"(separator {separator!r}; set [Data] csv_separator if that is wrong)")
     width = len(header)
     kept, kept_lines = [], []
@@ -154,7 +162,7 @@ def read_labels(path: str | Path, separator: str = "", encoding: str = "auto") -
     scores = np.empty((len(raw), len(ZONES)), dtype=np.int64)
     for z, zone in enumerate(ZONES):
         for row, value in enumerate(raw[by_lower[zone]]):
-            where = f"{path}: line {lines[row]} (FileID {table['FileID'].iat[row]}), column {zone}"
+            where = f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])}), column {zone}"
             scores[row, z] = _parse_score(value, where)
         table[zone] = scores[:, z]
     table["csi"] = csi_from_scores(scores)
@@ -163,12 +171,12 @@ def read_labels(path: str | Path, separator: str = "", encoding: str = "auto") -
     if duplicated.any():
         first = table["FileID"][duplicated].iloc[0]
         listed = ", ".join(str(n) for n in lines[duplicated & (table["FileID"] == first).to_numpy()][:10])
-        raise DataError(f"{path}: FileID {first} appears more than once (lines {listed})")
+        raise DataError(f"{path}: FileID {_shown(first)} appears more than once (lines {listed})")
 
     if "patientid" in by_lower:
         table["PatientID"] = raw[by_lower["patientid"]].str.strip().to_numpy()
     if "split" in by_lower:
-        table["split"] = [_parse_split(v, f"{path}: line {line} (FileID {file_id})")
+        table["split"] = [_parse_split(v, f"{path}: line {line} (FileID {_shown(file_id)})")
                           for v, line, file_id in zip(raw[by_lower["split"]], lines, table["FileID"])]
     return table
 
