@@ -90,10 +90,6 @@ def test_predict_applies_the_stored_temperature_only_when_asked(project):
     pred = [f"{zone}_pred" for zone in ZONES]
     assert tables["true"][pred].equals(tables["false"][pred])  # scaling never changes the predicted class
 
-    onnx = main("--mode", "predict", "--runtime", "onnx", "--checkpoint", str(project / "model.onnx"),
-                "--input", str(project / "data" / "images"), "--set", "Evaluation.calibrate=true")
-    assert onnx.exit_code == 2 and "calibrate = true needs the PyTorch checkpoint" in onnx.output
-
     never_evaluated = main("--mode", "predict", "--run", str(c), "--input", str(project / "data" / "images"),
                            "--set", "Evaluation.calibrate=true")
     assert never_evaluated.exit_code == 2 and "no fitted temperature" in never_evaluated.output

@@ -21,6 +21,8 @@ from src.config.render import render_ini
 from src.data.zones import CLASS_NAMES, ZONES
 from src.deploy.export import ScoringModel, export_model, write_exported
 from src.deploy.metadata import METADATA_KEY, describe_model
+from src.deploy.onnx_predict import predict_with_onnx
+from src.evaluation.predict import predict_images
 from src.models.backbones import BACKBONES
 from src.models.factory import build_model
 from src.training.loss import probabilities_for
@@ -103,14 +105,17 @@ def test_onnx_export_carries_preprocessing_and_predicts_without_torch_like_pytor
     assert by_onnx[[f"{z}_pred" for z in ZONES]].equals(by_torch[[f"{z}_pred" for z in ZONES]])
 
 
-def tiny_checkpoint(tmp_path: Path, arch: str, loss: str = "weighted_ce") -> tuple[Path, nn.Module]:
-    """A randomly initialised `arch` model at the smallest input it accepts, saved as a checkpoint."""
+def tiny_checkpoint(tmp_path: Path, arch: str, loss: str = "weighted_ce",
+                    calibration: dict | None = None) -> tuple[Path, nn.Module]:
+    """A randomly initialised `arch` model at 32 px saved as a checkpoint (with eval's `calibration`)."""
     cfg = apply_overrides(load_config(None), {"Model.model_arch": arch, "Model.pretrained": False,
                                               "Data.image_size": 32, "Loss.loss": loss})
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     path = tmp_path / f"{arch}.pth"
-    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "config": render_ini(cfg, documented=False)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"model": model.state_dict(), "arch": arch, "config": render_ini(cfg, documented=False)}
+                    | ({"calibration": calibration} if calibration else {}))
     return path, ScoringModel(model, probabilities_for(loss)).eval()
 
 
@@ -142,6 +147,24 @@ class BatchDependent(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(image.mean(dim=(2, 3))[:, :, None].expand(-1, 6, 5), dim=-1)
         return probs * 0.5 if image.shape[0] == 1 else probs
+
+
+def test_calibrated_onnx_predict_scales_probabilities_like_the_pytorch_predict(trained, module_dataset, tmp_path):
+    images, config = module_dataset / "images", trained / "config" / "config.ini"
+    calibrated, plain = (load_config(config, [f"Evaluation.calibrate={flag}"]) for flag in ("true", "false"))
+    checkpoint, _ = tiny_checkpoint(tmp_path, "custom_cnn", calibration={"temperature": 0.6})
+    model_file = export_model(plain, checkpoint, "onnx")
+    by_torch = predict_images(calibrated, checkpoint, images, tmp_path / "torch.csv")
+    by_onnx = predict_with_onnx(calibrated, model_file, images, tmp_path / "onnx.csv")
+    probs = [c for c in by_torch if c.endswith(("_p0", "_p1", "_p2", "_p3", "_p4"))]
+    np.testing.assert_allclose(by_onnx[probs].to_numpy(float), by_torch[probs].to_numpy(float), atol=1e-4)
+    uncalibrated = predict_with_onnx(plain, model_file, images, tmp_path / "plain.csv")
+    assert not np.allclose(uncalibrated[probs].to_numpy(float), by_onnx[probs].to_numpy(float), atol=1e-3)
+
+    never_evaluated = export_model(plain, tiny_checkpoint(tmp_path / "c", "custom_cnn")[0], "onnx")
+    with pytest.raises(ExportError, match="exported without a fitted temperature"):
+        predict_with_onnx(calibrated, never_evaluated, images, tmp_path / "never.csv")
+    assert not (tmp_path / "never.csv").exists()
 
 
 def test_an_export_that_differs_from_pytorch_is_an_error_and_writes_nothing(tmp_path):

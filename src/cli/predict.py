@@ -18,9 +18,6 @@ def _score(cfg: Config, options: dict[str, Any], output: str):
 
         if not options.get("checkpoint"):
             raise CSIError("predict --runtime onnx needs --checkpoint MODEL.onnx (made with --mode export)")
-        if cfg.evaluation.calibrate:
-            raise CSIError("predict --runtime onnx: [Evaluation] calibrate = true needs the PyTorch checkpoint, "
-                           "which holds the temperature eval fitted; score with it or set calibrate = false")
         return options["checkpoint"], predict_with_onnx(cfg, options["checkpoint"], options["input"], output)
     from src.evaluation.evaluate import resolve_checkpoint
     from src.evaluation.predict import predict_images

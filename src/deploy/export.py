@@ -131,10 +131,11 @@ def export_model(cfg: Config, checkpoint: str | Path, fmt: str, output: str | Pa
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not allowed: expected one of {', '.join(FORMATS)}")
     checkpoint = Path(checkpoint)
-    model, trained_cfg, _ = load_trained_model(cfg, checkpoint)
+    model, trained_cfg, state = load_trained_model(cfg, checkpoint)
+    temperature = state["calibration"]["temperature"] if "calibration" in state else None  # fitted by eval
     scoring = ScoringModel(model.eval(), probabilities_for(trained_cfg.loss.loss)).eval()
     output = Path(output) if output else checkpoint.with_suffix(FORMATS[fmt])
     logger.info(f"exporting {checkpoint} ({trained_cfg.model.model_arch}) as {fmt}")
-    write_exported(scoring, fmt, trained_cfg.data.image_size, describe_model(trained_cfg, temperature=None), output,
+    write_exported(scoring, fmt, trained_cfg.data.image_size, describe_model(trained_cfg, temperature), output,
                    f"{checkpoint} ({trained_cfg.model.model_arch} model)")
     return output

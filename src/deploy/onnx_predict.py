@@ -15,6 +15,7 @@ from src.config.schema import Config
 from src.data.inputs import cache_inputs
 from src.data.preprocess import from_storage
 from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, data_config_for, parse_metadata
+from src.evaluation.calibration import apply_temperature
 from src.evaluation.predictions import predictions_table
 from src.utils.errors import ExportError
 from src.utils.io import atomic_write_with
@@ -35,6 +36,14 @@ def open_onnx_model(path: str | Path):
     return session, metadata
 
 
+def calibration_temperature(metadata: dict, model_path: str | Path) -> float:
+    """The temperature eval fitted on the run's validation split, as recorded when the model was exported."""
+    if metadata.get("temperature") is None:
+        raise ExportError(f"{model_path}: exported without a fitted temperature, so [Evaluation] calibrate = true "
+                          "cannot apply; run --mode eval on its run, export it again, or set calibrate = false")
+    return float(metadata["temperature"])
+
+
 def predict_with_onnx(cfg: Config, model_path: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
     """Score the images of `source` into `output` (CSV) with an exported ONNX model."""
     session, metadata = open_onnx_model(model_path)
@@ -46,7 +55,10 @@ def predict_with_onnx(cfg: Config, model_path: str | Path, source: str | Path, o
     for start in range(0, len(cache_rows), batch_size):
         pixels = from_storage(np.asarray(cache.images[cache_rows[start:start + batch_size]]))
         probs.append(session.run([OUTPUT_NAME], {INPUT_NAME: ((pixels - mean) / std)[:, None]})[0])
-    table = predictions_table(usable["FileID"].tolist(), np.concatenate(probs), None,
+    probs = np.concatenate(probs)
+    if cfg.evaluation.calibrate:
+        probs = apply_temperature(probs, calibration_temperature(metadata, model_path))
+    table = predictions_table(usable["FileID"].tolist(), probs, None,
                               cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold)
     atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
     return table
