@@ -44,6 +44,7 @@ from benchlib import (
     machine,
     markdown,
     run_child,
+    seconds,
     write_atomically,
 )
 
@@ -492,6 +493,49 @@ def memory(bench: Bench) -> Section:
             Measure("peak RSS", [predict.peak_rss], "bytes"), far_below),
     ], notes=["Peak RSS is the resident memory of the process and its children together, sampled every 20 ms.",
               f"Cache build took {check.seconds:.0f} s and predict {predict.seconds:.0f} s (process start included)."])
+
+
+def _inference_rates(arch: str, size: int, batch: int, steps: int, rounds: int, scratch: Path) -> dict:
+    """Images/s of the exported scoring graph of `arch` in PyTorch (fp32, no_grad) and onnxruntime."""
+    import onnxruntime
+    import torch
+
+    from src.deploy.export import ScoringModel, write_exported
+    from src.deploy.metadata import INPUT_NAME, OUTPUT_NAME, describe_model
+    from src.models.factory import build_model
+    from src.training.loss import softmax_probabilities
+
+    cfg = base_config(**{"Model.model_arch": arch, "Data.image_size": size})
+    torch.manual_seed(0)
+    scoring = ScoringModel(build_model(cfg).eval(), softmax_probabilities).eval()
+    model_file = scratch / "onnx" / f"{arch}.onnx"
+    write_exported(scoring, "onnx", size, describe_model(cfg, None), model_file, arch)
+    session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    images = torch.randn(batch, 1, size, size)
+    feed = {INPUT_NAME: images.numpy()}
+
+    def pytorch_rate() -> float:
+        with torch.no_grad():
+            return batch * steps / seconds(lambda: [scoring(images) for _ in range(steps)])
+
+    def onnx_rate() -> float:
+        return batch * steps / seconds(lambda: [session.run([OUTPUT_NAME], feed) for _ in range(steps)])
+
+    pytorch_rate(), onnx_rate()  # warm-up: the first calls allocate and pick kernels
+    return alternate({"pytorch": pytorch_rate, "onnxruntime": onnx_rate}, rounds)
+
+
+@comparison("onnx", "Inference: onnxruntime (exported model) vs PyTorch on the CPU")
+def onnx_inference(bench: Bench) -> Section:
+    batch, rows = bench.size(8, 2), []
+    for arch, size in bench.size((("custom_cnn", 128), ("resnet50", 224)), (("custom_cnn", 32),)):
+        rates = _inference_rates(arch, size, batch, bench.size(10, 1), bench.rounds, bench.scratch)
+        rows.append(Row(f"{arch} {size} px, batch {batch}: images/s",
+                        Measure("PyTorch fp32, no_grad", rates["pytorch"], "img/s"),
+                        Measure("onnxruntime fp32", rates["onnxruntime"], "img/s")))
+    return Section("ONNX inference", rows, notes=[
+        "The same exported scoring graph (image -> class probabilities) in both; a recorded figure, no target. "
+        "predict --runtime onnx runs this path without importing PyTorch."])
 
 
 @comparison("gpu", "GPU")
