@@ -15,7 +15,6 @@ from src.data.zones import UNKNOWN, ZONES, csi_from_scores
 from src.utils.errors import DataError
 from src.utils.logging import logger
 
-OPTIONAL_COLUMNS = ("csi", "PatientID", "split", "path")
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}

@@ -183,11 +183,11 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online" if auth else "offline"
 
 
-def init_wandb_run(cfg: Config, name: str, group: str | None, config: dict, dir: Path,
+def init_wandb_run(cfg: Config, name: str, group: str | None, config: dict, directory: Path,
                    run_id: str | None = None) -> wandb.Run | None:
     """Start a W&B run per [Logging], or return None when wandb_project is empty.
 
-    Files go under `dir` (or $WANDB_DIR when set); `run_id` continues that run if it exists. With
+    Files go under `directory` (or $WANDB_DIR when set); `run_id` continues that run if it exists. With
     wandb_mode = auto, a server that cannot be reached means an offline run, not a failed training.
     """
     if not cfg.logging.wandb_project:
@@ -196,7 +196,7 @@ def init_wandb_run(cfg: Config, name: str, group: str | None, config: dict, dir:
 
     mode = resolve_wandb_mode(cfg.logging.wandb_mode)
     options = dict(project=cfg.logging.wandb_project, entity=cfg.logging.wandb_entity or None, name=name,
-                   group=group, config=config, dir=None if os.environ.get("WANDB_DIR") else dir, id=run_id,
+                   group=group, config=config, dir=None if os.environ.get("WANDB_DIR") else directory, id=run_id,
                    resume="allow" if run_id else None,
                    reinit="create_new")  # hyperopt may run trials, each with a run, in parallel threads
     if options["dir"] is not None:
