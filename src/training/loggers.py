@@ -200,7 +200,7 @@ def init_wandb_run(cfg: Config, name: str, group: str | None, config: dict, dire
                    resume="allow" if run_id else None,
                    reinit="create_new")  # hyperopt may run trials, each with a run, in parallel threads
     if options["dir"] is not None:
-        dir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
     try:
         run = wandb.init(mode=mode, **options)
     except wandb.Error as error:
