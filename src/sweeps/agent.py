@@ -1,10 +1,12 @@
 """The local agent: claim a run, start it as its own process, wait, repeat until told to stop.
 
 Stops after `count` runs, when the sweep has no run left (a finished grid, run_cap reached) or
-when a run has reached metric.target. Each run is a process forked from the agent, which has
-the training code and the decoded data loaded already (copy-on-write), so a run starts at once
-and all its memory, GPU memory included, is released when it ends. The run dies with its agent,
-and the next agent queues it again. The agent beats the run's heartbeat while it waits.
+when a run has reached metric.target. Each run is its own process, so all its memory, GPU memory
+included, is released when it ends. Runs are spawned (a fresh interpreter, a few seconds of
+imports), not forked: a fork of the agent, whose thread pools (OpenMP, W&B's telemetry) may be
+running, can crash or hang in the child. The agent decodes the images into the on-disk cache once;
+each run reads them back from it. The run dies with its agent, and the next
+agent queues it again. The agent beats the run's heartbeat while it waits.
 """
 
 from __future__ import annotations
@@ -42,19 +44,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _run(cfg: Config, sweep_id: str, number: int, data: SharedDatasets) -> None:
+def _run(cfg: Config, sweep_id: str, number: int) -> None:
     _die_with_parent()
     try:
-        train_trial(cfg, sweep_id, number, data)
+        train_trial(cfg, sweep_id, number, SharedDatasets())
     except KeyboardInterrupt:
         sys.exit(130)
 
 
-def run_in_process(cfg: Config, sweep_id: str, number: int, data: SharedDatasets, store: BaseStorage,
-                   trial_id: int) -> int:
+def run_in_process(cfg: Config, sweep_id: str, number: int, store: BaseStorage, trial_id: int) -> int:
     """Train run `number` in a child process; beats its heartbeat while waiting; its exit code."""
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    process = multiprocessing.get_context(method).Process(target=_run, args=(cfg, sweep_id, number, data))
+    process = multiprocessing.get_context("spawn").Process(target=_run, args=(cfg, sweep_id, number))
     process.start()
     try:
         while process.exitcode is None:
@@ -77,8 +77,7 @@ def run_agent(cfg: Config, sweep_id: str, count: int | None = None) -> tuple[opt
                 + (f", hyperband at epochs {', '.join(map(str, bands))}" if spec.hyperband else "")
                 + (f", run_cap {spec.run_cap}" if spec.run_cap else "")
                 + (f", target {spec.target:g}" if spec.target is not None else ""))
-    data = SharedDatasets()
-    data.get(cfg)  # decoded once here; every run's process inherits it
+    SharedDatasets().get(cfg)  # decodes the images into the on-disk cache once; every run reads it back
     done, interrupted, trial = 0, False, None
     try:
         while count is None or done < count:
@@ -93,7 +92,7 @@ def run_agent(cfg: Config, sweep_id: str, count: int | None = None) -> tuple[opt
                             + ("grid complete)" if spec.method == "grid" else f"run_cap {spec.run_cap} reached)"))
                 break
             trial_id = start_run(study, spec, store, trial)
-            code = run_in_process(cfg, sweep_id, trial.number, data, store, trial_id)
+            code = run_in_process(cfg, sweep_id, trial.number, store, trial_id)
             end_unfinished(study, store, trial.number, f"the run's process exited with code {code}")
             done += 1
             keep_best_checkpoints(study)
