@@ -11,6 +11,7 @@ import torch
 
 from src.config.loader import load_config
 from src.data.cache import CacheSettings, build_cache
+from src.data.dataset import make_loader
 from src.data.load import load_data
 from src.utils.errors import DataError
 from tests.conftest import write_config, write_png_dataset
@@ -80,6 +81,18 @@ def test_dataset_items(tiny_dataset, tmp_path):
     assert sum(len(bundle.dataset(s)) for s in ("train", "val", "test")) == 24
     # Patient-grouped: both images of a patient land in the same split.
     assert (bundle.table.groupby("PatientID")["split"].nunique() == 1).all()
+
+
+def test_loader_batches_are_the_stacked_items(tiny_dataset, tmp_path):
+    bundle = load_data(config_for(tmp_path, tiny_dataset))
+    train = bundle.dataset("train")
+    loader = make_loader(train, batch_size=4, shuffle=True, seed=3)
+    loader.batch_sampler.set_epoch(1)
+    for order, (images, labels, file_ids) in zip(loader.batch_sampler, loader):
+        items = [train[i] for i in order]
+        assert torch.equal(images, torch.stack([item[0] for item in items]))
+        assert torch.equal(labels, torch.stack([item[1] for item in items]))
+        assert file_ids == [item[2] for item in items]
 
 
 def test_missing_and_corrupt_images_error_or_skip(tiny_dataset, tmp_path):

@@ -35,6 +35,21 @@ class CSIDataset(Dataset):
         image = ((pixels - self.mean) / self.std).unsqueeze(0)
         return image, self.labels[item], self.file_ids[item]
 
+    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """A whole batch, as collated: the DataLoader calls this instead of __getitem__ per item.
+
+        One gather from the cache and one normalisation per batch, instead of per image plus a collate, keeps
+        the loop's wait for the next batch a small part of a step. The values equal the stacked items.
+        """
+        pixels = torch.from_numpy(from_storage(self.images[self.cache_rows[items]]))
+        images = ((pixels - self.mean) / self.std).unsqueeze(1)
+        return images, self.labels[items], [self.file_ids[i] for i in items]
+
+
+def _batched(batch: tuple) -> tuple:
+    """The collate for a dataset whose __getitems__ already returns the batch."""
+    return batch
+
 
 def make_loader(dataset: CSIDataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False, rank: int = 0, world_size: int = 1, limit: int | None = None,
@@ -43,5 +58,5 @@ def make_loader(dataset: CSIDataset, batch_size: int, shuffle: bool, seed: int =
     `loader.batch_sampler.set_epoch(epoch)` before each epoch. `limit` keeps the first items only;
     `keep_all` (evaluation) never drops a trailing batch."""
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, shuffle, rank, world_size, limit, keep_all)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_batched, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
