@@ -15,15 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import (
-    DenseNet121_Weights,
-    ResNet50_Weights,
-    ViT_B_16_Weights,
-    WeightsEnum,
-    vision_transformer,
-)
 
 from src.utils.errors import ConfigError
 
@@ -43,7 +35,12 @@ def _grey_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return grey
 
 
+# torchvision is imported where a torchvision model is built: importing it costs seconds (it pulls in
+# torch._dynamo), which custom_cnn runs, sweep runs in fresh processes and the CLI's start-up need not pay.
+
 def _resnet50(image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.resnet50()
     model.conv1 = _grey_conv(model.conv1)
     return nn.Sequential(
@@ -52,6 +49,8 @@ def _resnet50(image_size: int) -> nn.Module:
 
 
 def _densenet121(image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.densenet121()
     model.features.conv0 = _grey_conv(model.features.conv0)
     # torchvision applies this ReLU in forward(), after the last BatchNorm of `features`.
@@ -66,6 +65,8 @@ class ViTFeatures(nn.Module):
     """
 
     def __init__(self, image_size: int) -> None:
+        import torchvision
+
         super().__init__()
         vit = torchvision.models.vit_b_16(image_size=image_size)
         self.patch_size = vit.patch_size
@@ -98,17 +99,17 @@ def _custom_cnn(image_size: int) -> nn.Module:
 class BackboneSpec:
     build: Callable[[int], nn.Module]  # image side -> randomly initialised 1-channel backbone
     channels: int
-    weights: WeightsEnum | None = None  # torchvision ImageNet weights of the model of that name
+    weights: str | None = None  # torchvision's name of the ImageNet weights of the model of that name
     min_size: int = 16
     size_multiple: int = 1
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet50": BackboneSpec(_resnet50, 2048, ResNet50_Weights.IMAGENET1K_V2),
+    "resnet50": BackboneSpec(_resnet50, 2048, "ResNet50_Weights.IMAGENET1K_V2"),
     # Its fourth pooling stage needs a 2x2 map, hence 32 px at least.
-    "densenet121": BackboneSpec(_densenet121, 1024, DenseNet121_Weights.IMAGENET1K_V1, min_size=32),
+    "densenet121": BackboneSpec(_densenet121, 1024, "DenseNet121_Weights.IMAGENET1K_V1", min_size=32),
     "custom_cnn": BackboneSpec(_custom_cnn, 512),
-    "vit_b_16": BackboneSpec(ViTFeatures, 768, ViT_B_16_Weights.IMAGENET1K_V1, size_multiple=16),
+    "vit_b_16": BackboneSpec(ViTFeatures, 768, "ViT_B_16_Weights.IMAGENET1K_V1", size_multiple=16),
 }
 
 
@@ -130,10 +131,12 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def _imagenet_state_dict(name: str, weights: WeightsEnum) -> dict[str, torch.Tensor]:
+def _imagenet_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
     """State dict of torchvision's RGB model with `weights`, from the hub cache, else downloaded there."""
+    import torchvision
+
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    file = cache / Path(urlparse(weights.url).path).name
+    file = cache / Path(urlparse(torchvision.models.get_weight(weights).url).path).name
     try:
         return torchvision.models.get_model(name, weights=weights, progress=False).state_dict()
     except Exception as exc:  # noqa: BLE001 - no network, refused proxy, bad hash, truncated file: one remedy
@@ -151,6 +154,8 @@ def _load(backbone: nn.Module, state: dict[str, torch.Tensor], where: str, image
     state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     pos = "encoder.pos_embedding"
     if pos in state and pos in own and state[pos].shape != own[pos].shape:
+        from torchvision.models import vision_transformer
+
         try:
             state = vision_transformer.interpolate_embeddings(image_size, backbone.patch_size, state)
         except ValueError as exc:

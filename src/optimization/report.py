@@ -13,7 +13,6 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from src.config.schema import Config
-from src.evaluation.plots import save_figure
 from src.optimization.study import study_dir
 from src.utils.io import atomic_write_text, atomic_write_with
 
@@ -78,9 +77,12 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def write_plots(study: optuna.Study, metric: str, out: Path) -> None:
+    # Imported here: matplotlib and plotly cost seconds, which every sweep run's fresh process would pay.
     from optuna import visualization
     from optuna.visualization import matplotlib as mpl_visualization
     from plotly.offline import get_plotlyjs
+
+    from src.evaluation.plots import save_figure
 
     with warnings.catch_warnings():  # experimental-API and too-few-trials notices
         warnings.simplefilter("ignore")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from src.config.loader import _did_you_mean as did_you_mean
 from src.utils.errors import ConfigError
@@ -184,12 +183,15 @@ def ppf(param: Param, u: float) -> Any:
             low, high = math.log(a["min"]), math.log(a["max"])
         x = low + u * (high - low)
         x = x if base == "uniform" else math.exp(x)
-    elif base == "normal":
-        x = float(stats.norm.ppf(u, loc=a["mu"], scale=a["sigma"]))
-    elif base == "log_normal":
-        x = float(stats.lognorm.ppf(u, s=a["sigma"], scale=math.exp(a["mu"])))
-    else:  # beta
-        x = float(stats.beta.ppf(u, a["a"], a["b"]))
+    else:
+        from scipy import stats  # seconds to import: every sweep run would pay it at start-up
+
+        if base == "normal":
+            x = float(stats.norm.ppf(u, loc=a["mu"], scale=a["sigma"]))
+        elif base == "log_normal":
+            x = float(stats.lognorm.ppf(u, s=a["sigma"], scale=math.exp(a["mu"])))
+        else:  # beta
+            x = float(stats.beta.ppf(u, a["a"], a["b"]))
     return _quantise(x, a["q"]) if d.startswith("q_") else x
 
 
