@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from src.config.schema import AugmentationConfig
-from src.data.zones import MIRRORED_ZONES
+from src.data.zones import mirror_zones
 
 ERASE_AREA = (0.02, 0.2)  # fraction of the image
 ERASE_ASPECT = (0.3, 3.3)  # height / width
@@ -48,8 +48,7 @@ class BatchAugmenter:
             flip = u[:, 4] < self.aug.horizontal_flip
             x = self._warp(x, signed[:, :4], flip)
             if self.aug.horizontal_flip > 0:
-                mirrored = targets[:, list(MIRRORED_ZONES)]
-                targets = torch.where(flip.to(targets.device)[:, None], mirrored, targets)
+                targets = torch.where(flip.to(targets.device)[:, None], mirror_zones(targets), targets)
         if self.intensity:
             x = self._intensity(x, signed[:, 5:8], noise_seed)
         if self.aug.erasing_probability > 0:

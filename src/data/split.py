@@ -1,4 +1,4 @@
-"""Train/val/test split: seeded, stratified on the zone labels, grouped by patient."""
+"""Train/val/test split and cross-validation folds: seeded, stratified on the zone labels, grouped by patient."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ def stratum(csi: pd.Series) -> np.ndarray:
     return np.where(np.isnan(values), 4, np.round(np.nan_to_num(values))).astype(int)
 
 
-def assign_splits(table: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> pd.Series:
-    """'train'/'val'/'test' per row.
-
-    An explicit `split` column wins. Otherwise whole patients (PatientID, else each image alone)
-    are dealt out in an order sorted by stratum and shuffled within it; each goes to the split
-    furthest below its share of images so far, so every stratum and the totals follow `fractions`.
-    """
-    if "split" in table:
-        return table["split"].rename("split")
+def patient_groups(table: pd.DataFrame) -> pd.Series:
+    """The group of each row that a split never divides: its PatientID, else the image alone."""
     groups = table["PatientID"] if "PatientID" in table else table["FileID"]
-    groups = groups.where(groups.astype(str) != "", table["FileID"])
+    return groups.where(groups.astype(str) != "", table["FileID"])
+
+
+def deal_groups(table: pd.DataFrame, fractions: tuple[float, ...], seed: int) -> np.ndarray:
+    """Index into `fractions` per row: whole patients dealt out to parts of these shares.
+
+    Patients are taken in an order sorted by stratum (median of their images) and shuffled within
+    it; each goes to the part furthest below its share of images so far, so every stratum and the
+    totals follow `fractions`, and no patient is in two parts.
+    """
+    groups = patient_groups(table)
     per_group = pd.DataFrame({"group": groups.to_numpy(), "stratum": stratum(table["csi"])})
     summary = per_group.groupby("group", sort=True).agg(
         stratum=("stratum", lambda s: int(np.median(s))), size=("stratum", "size")
@@ -34,11 +37,25 @@ def assign_splits(table: pd.DataFrame, fractions: tuple[float, float, float], se
     summary = summary.sort_values(["stratum", "order"])
 
     target = np.asarray(fractions, dtype=float)
-    assigned = np.zeros(len(SPLITS))
+    assigned = np.zeros(len(target))
     choice = {}
     for group, size in zip(summary.index, summary["size"]):
         deficit = target * (assigned.sum() + size) - assigned
         best = int(np.argmax(np.where(target > 0, deficit, -np.inf)))
-        choice[group] = SPLITS[best]
+        choice[group] = best
         assigned[best] += size
-    return pd.Series([choice[g] for g in groups], index=table.index, name="split")
+    return np.array([choice[g] for g in groups], dtype=int)
+
+
+def assign_splits(table: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> pd.Series:
+    """'train'/'val'/'test' per row: an explicit `split` column wins, else `deal_groups`."""
+    if "split" in table:
+        return table["split"].rename("split")
+    parts = deal_groups(table, fractions, seed)
+    return pd.Series(np.asarray(SPLITS, dtype=object)[parts], index=table.index, name="split")
+
+
+def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
+    """Cross-validation fold 1..n_folds of each row of `table` (patient-grouped, stratified, equal shares)."""
+    parts = deal_groups(table, (1 / n_folds,) * n_folds, seed)
+    return pd.Series(parts + 1, index=table.index, name="fold")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 ZONES = ("right_sup", "left_sup", "right_mid", "left_mid", "right_inf", "left_inf")
@@ -11,6 +13,12 @@ KNOWN_CLASSES = (0, 1, 2, 3)
 
 # A horizontal flip moves the right lung to the left: zone i takes zone MIRRORED_ZONES[i]'s label.
 MIRRORED_ZONES = (1, 0, 3, 2, 5, 4)
+PerZone = TypeVar("PerZone")  # a numpy array or torch tensor [B, 6, ...]
+
+
+def mirror_zones(per_zone: PerZone) -> PerZone:
+    """Zone labels or outputs [B, 6, ...] of the horizontally flipped images: left and right swapped."""
+    return per_zone[:, list(MIRRORED_ZONES)]
 
 
 def csi_from_scores(scores: np.ndarray) -> np.ndarray:
