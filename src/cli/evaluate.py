@@ -1,4 +1,4 @@
-"""eval and both modes: evaluate a trained run and print a compact table."""
+"""eval and both modes: evaluate a trained run (or an ensemble of checkpoints) and print a compact table."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import click
 
 from src.cli.train import run_train
 from src.config.schema import Config
+from src.evaluation.ensemble import ensemble_average, ensemble_checkpoints, ensemble_dir, evaluate_ensemble
 from src.evaluation.evaluate import evaluate_run, metrics_table
 from src.evaluation.report import EvaluationRun
 
@@ -16,11 +17,26 @@ SHOWN = ("f1_macro", "f1_weighted", "accuracy", "qwk", "precision_macro", "recal
 
 
 def run_eval(cfg: Config, options: dict[str, Any]) -> dict:
-    evaluation = evaluate_run(cfg, run=options.get("run"), checkpoint=options.get("checkpoint"))
-    intervals = {split: a.intervals for split, a in evaluation.analyses.items()}
-    click.echo(metrics_table(evaluation.metrics, SHOWN, intervals).to_string())
-    click.echo(statistics_lines(evaluation))
-    return evaluation.metrics
+    """One checkpoint: metrics per split with their CIs, agreement and calibration. Several (--checkpoint
+    repeated, --run of a cross-validation): per split, each member's metrics beside the ensemble's."""
+    runs = options.get("runs", ())
+    members = ensemble_checkpoints(cfg, runs, options.get("checkpoints", ()))
+    if len(members) == 1:
+        evaluation = evaluate_run(cfg, checkpoint=str(members[0]))
+        intervals = {split: a.intervals for split, a in evaluation.analyses.items()}
+        click.echo(metrics_table(evaluation.metrics, SHOWN, intervals).to_string())
+        click.echo(statistics_lines(evaluation))
+        return evaluation.metrics
+    out = ensemble_dir(cfg, runs, members)
+    results = evaluate_ensemble(cfg, members, out)
+    tta = cfg.evaluation.tta
+    calibrated = ", members calibrated" if cfg.evaluation.calibrate else ""
+    for split, by_member in results.items():
+        click.echo(f"\n{split} split: {len(members)} members and their {ensemble_average(cfg)} "
+                   f"ensemble{'' if tta == 'none' else f' (tta {tta})'}{calibrated}")
+        click.echo(metrics_table(by_member, SHOWN).to_string())
+    click.echo(f"\nEnsemble evaluation written to {out}")
+    return results
 
 
 def statistics_lines(evaluation: EvaluationRun) -> str:
@@ -43,4 +59,4 @@ def statistics_lines(evaluation: EvaluationRun) -> str:
 
 def run_both(cfg: Config, options: dict[str, Any]) -> dict:
     result = run_train(cfg, options)
-    return run_eval(cfg, {**options, "run": str(result.run_dir), "checkpoint": None})
+    return run_eval(cfg, {**options, "runs": (str(result.run_dir),), "checkpoints": ()})

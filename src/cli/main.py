@@ -19,10 +19,11 @@ from src.utils.secrets import mask_secrets
 MODES: dict[str, tuple[str, str]] = {
     "train": ("src.cli.train:run_train", "train per the config; prints the run directory and best metrics"),
     "eval": ("src.cli.evaluate:run_eval",
-             "evaluate a run's checkpoint on its val and test splits (--run DIR | --checkpoint FILE)"),
+             "evaluate a run's checkpoint on its val and test splits (--run DIR | --checkpoint FILE); "
+             "several, or --run models/cv/<name>: an ensemble beside each member"),
     "both": ("src.cli.evaluate:run_both", "train, then evaluate the new run"),
     "predict": ("src.cli.predict:run_predict",
-                "score new images: --input DIR|CSV --output FILE.csv [--checkpoint FILE | --run DIR]"),
+                "score new images: --input DIR|CSV --output FILE.csv [--checkpoint FILE | --run DIR]..."),
     "hyperopt": ("src.cli.hyperopt:run_hyperopt",
                  "search hyperparameters with Optuna ([Hyperopt]; --n-trials, --storage, ...)"),
     "train-optimized": ("src.cli.hyperopt:run_train_optimized",
@@ -33,6 +34,7 @@ MODES: dict[str, tuple[str, str]] = {
                "write a checkpoint as ONNX or TorchScript with its preprocessing: --checkpoint FILE --format F"),
     "compare": ("src.cli.compare:run_compare",
                 "two runs on the same test images: paired bootstrap differences, McNemar per zone (--run A --run B)"),
+    "cv": ("src.cli.cv:run_cv", "k-fold cross-validation grouped by patient (--folds K); rerun to continue"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
     "sweep": ("src.cli.sweep:run_sweep",
@@ -42,6 +44,9 @@ MODES: dict[str, tuple[str, str]] = {
     "sweep-run": ("src.cli.sweep:run_sweep_run", "one run of a W&B sweep, as W&B's agent starts it"),
 }
 SWEEP_RUN = "sweep-run"  # the one mode that takes W&B's --name=value arguments
+
+
+ENSEMBLE_MODES = ("eval", "predict")  # modes that take several --run/--checkpoint (compare: two --run)
 
 
 def _schema_flags(command):
@@ -71,8 +76,10 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="Console verbosity; debug also shows tracebacks.")
 @click.option("--run", "runs", type=click.Path(file_okay=False), multiple=True,
-              help="eval/predict: a run directory (default: latest); compare: given twice, A then B.")
-@click.option("--checkpoint", type=click.Path(dir_okay=False), help="eval/predict: a checkpoint file.")
+              help="eval/predict: a run directory (default: latest), or a cross-validation directory for all "
+                   "its folds; repeatable (an ensemble). compare: given twice, A then B.")
+@click.option("--checkpoint", "checkpoints", type=click.Path(dir_okay=False), multiple=True,
+              help="eval/predict: a checkpoint file; repeatable (an ensemble).")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(),
               help="predict: CSV to write (default predictions.csv); explain: folder to write; export: the model "
@@ -108,11 +115,8 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
     sys.argv[1:] = [mask_secrets(arg) for arg in sys.argv[1:]]  # W&B records the command line; parsed already
     flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
     module_name, function_name = MODES[mode][0].split(":")
-    runs = options["runs"]
-    options["run"] = runs[0] if runs else None  # the one run of every mode but compare
     try:
-        if len(runs) > 1 and mode != "compare":
-            raise CSIError(f"--run was given {len(runs)} times; only --mode compare takes two runs")
+        options = _member_options(mode, options)
         cfg = load_config(config_path, overrides, cli=flags)
         add_file_log(cfg.logging.log_dir)
         handler = getattr(importlib.import_module(module_name), function_name)
@@ -133,6 +137,19 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         # Checkpoints and histories are written atomically after each epoch: what was saved is whole.
         logger.warning("interrupted; files written so far are complete (resume a training run with --resume)")
         sys.exit(130)
+
+
+def _member_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:
+    """--run and --checkpoint as the tuples `runs`/`checkpoints` (ensembles, compare) and as the single
+    values `run`/`checkpoint` (None unless given once) of the modes that take one."""
+    runs, checkpoints = options["runs"], options["checkpoints"]
+    several = mode in ENSEMBLE_MODES and not (mode == "predict" and options.get("runtime") == "onnx")
+    if not several and (len(checkpoints) > 1 or (len(runs) > 1 and mode != "compare")):
+        what = "--mode predict --runtime onnx" if mode == "predict" else f"--mode {mode}"
+        raise CSIError(f"{what} takes one --checkpoint or --run (got {len(checkpoints)} and {len(runs)}); "
+                       "only eval and predict (PyTorch runtime) take several, as an ensemble, and compare two runs")
+    return {**options, "run": runs[0] if len(runs) == 1 else None,
+            "checkpoint": checkpoints[0] if len(checkpoints) == 1 else None}
 
 
 def main(default_mode: str | None = None) -> None:

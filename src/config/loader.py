@@ -224,6 +224,8 @@ def validate(cfg: Config, origin: str = "config") -> None:
     ev = cfg.evaluation
     if ev.ahf_low_threshold >= ev.ahf_high_threshold:
         raise ConfigError(f"{origin}: [Evaluation] ahf_low_threshold must be below ahf_high_threshold")
+    if cfg.hyperopt.cv_folds == 1:
+        raise ConfigError(f"{origin}: [Hyperopt] cv_folds = 1 is not allowed: 0 (no cross-validation) or >= 2")
     device = cfg.training.device
     if device not in ("auto", "cpu", "cuda", "mps") and not (
         device.startswith("cuda:") and device[5:].isdigit()

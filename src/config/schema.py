@@ -293,8 +293,25 @@ class EvaluationConfig:
         "are resampled when the labels have PatientID, else images.", min=100)
     bootstrap_seed: int = key(0, "Seed of the bootstrap resamples: the same seed gives the same intervals.", min=0)
     calibrate: bool = key(
-        False, "predict: apply the temperature that eval fitted on the run's validation split and stored in "
-        "the checkpoint, so that the probabilities written are calibrated (the predicted classes do not change).")
+        False, "predict, and each member of an eval or predict ensemble: apply the temperature that eval fitted "
+        "on the run's validation split and stored in the checkpoint, so that the probabilities written are "
+        "calibrated (a single model's predicted classes do not change).")
+    tta: str = key(
+        "none", "Test-time augmentation in eval and predict: class probabilities averaged over the image and "
+        "its horizontal mirror (flip; the mirror's left and right zone outputs are swapped back first), and "
+        "also over 0.9x and 1.1x zooms of both (flip+scale).", choices=("none", "flip", "flip+scale"))
+    ensemble_average: str = key(
+        "auto", "How eval and predict combine the class probabilities of several checkpoints: mean, geometric "
+        "(the normalised geometric mean), or auto: geometric when calibrate = true (each member then applies "
+        "its own stored temperature first), else mean.", choices=("auto", "mean", "geometric"))
+
+
+@dataclass(frozen=True)
+class CrossValidationConfig:
+    folds: int = key(
+        5, "--mode cv: folds of the non-test images (grouped by PatientID, stratified on the CSI); fold k's run "
+        "validates on fold k and trains on the others, in <[Training] output_dir>/cv/<run_name>/fold_<k>/.",
+        min=2, flag="--folds")
 
 
 @dataclass(frozen=True)
@@ -340,6 +357,10 @@ class HyperoptConfig:
     n_jobs: int = key(1, "Trials run in parallel threads of this process.", min=1, flag="--n-jobs")
     metric: str = key("val_f1_macro", "Validation metric to optimise.",
                       metric=True)
+    cv_folds: int = key(
+        0, "0: each trial trains once on the train split; K >= 2: each trial trains on K patient-grouped "
+        "folds of the non-test images and scores the mean of the folds' best metric, reported after each "
+        "fold so the pruner can stop a trial between folds.", min=0)
     direction: str = key("maximize", "Whether the metric should go up or down.",
                          choices=("maximize", "minimize"))
     output_dir: str = key("models/hyperopt", "Where <study>/best_params.json, trials.csv and plots go.")
@@ -365,13 +386,16 @@ class Config:
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     data: DataConfig = field(default_factory=DataConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    crossvalidation: CrossValidationConfig = field(default_factory=CrossValidationConfig,
+                                                   metadata={"section": "CrossValidation"})
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     hyperopt: HyperoptConfig = field(default_factory=HyperoptConfig)
 
 
 def section_names() -> list[str]:
-    """INI section names in the order they are documented, e.g. 'Training'."""
-    return [f.name.capitalize() for f in dataclasses.fields(Config)]
+    """INI section names in the order they are documented, e.g. 'Training' (the field name, capitalised
+    unless its metadata spells it)."""
+    return [f.metadata.get("section", f.name.capitalize()) for f in dataclasses.fields(Config)]
 
 
 def section_fields(section: str) -> dict[str, dataclasses.Field]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ class DataBundle:
         rows = self.table[self.table["split"] == split]
         return CSIDataset(self.cache.images, rows["cache_index"].to_numpy(), self.labels(split),
                           rows["FileID"].tolist(), self.mean, self.std)
+
+    def with_splits(self, splits: Sequence[str]) -> DataBundle:
+        """The same images and labels with another split per row (e.g. a cross-validation fold's)."""
+        return dataclasses.replace(self, table=self.table.assign(split=np.asarray(splits, dtype=object)))
 
     def split_table(self) -> pd.DataFrame:
         """What split.csv holds: FileID, split (and PatientID when known)."""

@@ -16,11 +16,13 @@ output unchanged; and it never changes which class is most probable, so no score
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from src.data.zones import UNKNOWN, ZONES
+from src.utils.errors import CheckpointError
 
 N_BINS = 10
 _TINY = 1e-12  # floor of probabilities before logs and renormalisation
@@ -81,6 +83,14 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits = np.log(np.maximum(np.asarray(probs, dtype=float), _TINY)) / temperature
     scaled = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return scaled / scaled.sum(axis=-1, keepdims=True)
+
+
+def stored_temperature(state: dict, checkpoint: str | Path) -> float:
+    """The temperature eval fitted on the run's validation split and kept in the checkpoint."""
+    if "calibration" not in state:
+        raise CheckpointError(f"{checkpoint}: no fitted temperature for [Evaluation] calibrate = true; run "
+                              "python main.py --mode eval on its run first (it fits one on the validation split)")
+    return float(state["calibration"]["temperature"])
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:

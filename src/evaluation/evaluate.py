@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 
 from src.config.schema import Config
 from src.data.dataset import make_loader
-from src.data.load import load_data
+from src.data.load import DataBundle, load_data
 from src.data.zones import CLASS_NAMES, ZONES
 from src.evaluation.analysis import analyse_split, analyses_json, fit_calibration
 from src.evaluation.bootstrap import BootstrapSettings
@@ -19,7 +20,8 @@ from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
 from src.evaluation.report import EvaluationRun, write_evaluation_report
 from src.evaluation.saliency import explain_selected_images
-from src.models.factory import load_trained_model
+from src.evaluation.tta import with_tta
+from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import LoopSettings, Predictions, place_model, predict_batches
 from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
@@ -57,13 +59,20 @@ def _store_calibration(path: Path, state: dict, calibration: dict[str, float] | 
         logger.info(f"{path}: stored temperature {calibration['temperature']:.3f} fitted on the validation split")
 
 
-def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = None,
-                 splits: tuple[str, ...] = ("val", "test")) -> EvaluationRun:
-    """Metrics and statistics per split; writes metrics.json, predictions_<split>.csv, PNG figures
-    (agreement and calibration of the test split), Grad-CAM strips of test images (saliency/) and
-    report.html to <run>/evaluation/, and the temperature fitted on the validation split into the
-    checkpoint."""
-    checkpoint_path = resolve_checkpoint(cfg, run, checkpoint)
+@dataclass
+class CheckpointPredictions:
+    """A checkpoint scored on its run's saved splits."""
+
+    checkpoint: Path
+    state: dict  # the checkpoint (epoch, arch, calibration, ...)
+    trained_cfg: Config
+    model: CSIModel  # on its device, without test-time augmentation
+    data: DataBundle  # the run's images and split
+    splits: dict[str, Predictions]  # split -> predictions; empty splits left out
+
+
+def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ...]) -> CheckpointPredictions:
+    """Class probabilities of a checkpoint on `splits` of its run's split.csv, with [Evaluation] tta."""
     model, trained_cfg, state = load_trained_model(cfg, checkpoint_path)
     run_dir = checkpoint_path.parent
     split_csv = run_dir / "split.csv"
@@ -71,29 +80,55 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
         raise CheckpointError(f"{run_dir}: no split.csv beside {checkpoint_path.name}; eval needs the run's split")
     data = load_data(trained_cfg, split_csv=split_csv)
     device, settings = loop_settings(trained_cfg, model)
-    low, high = trained_cfg.evaluation.ahf_low_threshold, trained_cfg.evaluation.ahf_high_threshold
-    out = run_dir / "evaluation"
-    results: dict[str, dict[str, float]] = {}
-    predictions: dict[str, Predictions] = {}
-    figures: dict[str, list[Path]] = {"confusion": [], "training_curves": [], "saliency": []}
+    predictor = with_tta(model, settings, trained_cfg.evaluation.tta, data.mean, data.std)
+    predictions = {}
     for split in splits:
         dataset = data.dataset(split)
         if len(dataset) == 0:
             continue
         loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
-        pred = predictions[split] = predict_batches(model, loader, device, settings, desc=f"evaluate {split}")
-        y_pred = pred.probs.argmax(-1)
-        results[split] = compute_all_metrics(pred.targets, y_pred, pred.probs, low, high)
-        table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
-        atomic_write_with(out / f"predictions_{split}.csv", lambda h, t=table: t.to_csv(h, index=False), binary=False)
-        matrices = confusion_matrices(pred.targets, y_pred)
-        panels = {"zones": ({z: matrices[z] for z in ZONES}, CLASS_NAMES, "zones"),
-                  "overall": ({"all zones": matrices["overall"]}, CLASS_NAMES, "overall"),
-                  "ahf": ({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)}, AHF_CLASSES,
-                          "AHF class")}
-        for kind, (panel, labels, title) in panels.items():
-            figures["confusion"].append(out / f"confusion_{kind}_{split}.png")
-            plot_confusion_matrices(panel, labels, f"{split}: {title}", figures["confusion"][-1])
+        predictions[split] = predict_batches(predictor, loader, device, settings, desc=f"evaluate {split}")
+    return CheckpointPredictions(checkpoint_path, state, trained_cfg, model, data, predictions)
+
+
+def write_split_outputs(out: Path, split: str, pred: Predictions, low: float,
+                        high: float) -> tuple[dict[str, float], list[Path]]:
+    """Metrics of one split's predictions; writes predictions_<split>.csv and its confusion matrices
+    (whose paths are returned) to `out`."""
+    y_pred = pred.probs.argmax(-1)
+    metrics = compute_all_metrics(pred.targets, y_pred, pred.probs, low, high)
+    table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
+    atomic_write_with(out / f"predictions_{split}.csv", lambda h: table.to_csv(h, index=False), binary=False)
+    matrices = confusion_matrices(pred.targets, y_pred)
+    panels = {"zones": ({z: matrices[z] for z in ZONES}, CLASS_NAMES, "zones"),
+              "overall": ({"all zones": matrices["overall"]}, CLASS_NAMES, "overall"),
+              "ahf": ({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)}, AHF_CLASSES,
+                      "AHF class")}
+    figures = []
+    for kind, (panel, labels, title) in panels.items():
+        figures.append(out / f"confusion_{kind}_{split}.png")
+        plot_confusion_matrices(panel, labels, f"{split}: {title}", figures[-1])
+    return metrics, figures
+
+
+def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = None,
+                 splits: tuple[str, ...] = ("val", "test")) -> EvaluationRun:
+    """Metrics and statistics per split; writes metrics.json, predictions_<split>.csv, PNG figures
+    (agreement and calibration of the test split), Grad-CAM strips of test images (saliency/) and
+    report.html to <run>/evaluation/, and the temperature fitted on the validation split into the
+    checkpoint."""
+    checkpoint_path = resolve_checkpoint(cfg, run, checkpoint)
+    scored = predict_checkpoint(cfg, checkpoint_path, splits)
+    model, trained_cfg, state, data, predictions = (scored.model, scored.trained_cfg, scored.state, scored.data,
+                                                    scored.splits)
+    run_dir = checkpoint_path.parent
+    low, high = trained_cfg.evaluation.ahf_low_threshold, trained_cfg.evaluation.ahf_high_threshold
+    out = run_dir / "evaluation"
+    results: dict[str, dict[str, float]] = {}
+    figures: dict[str, list[Path]] = {"confusion": [], "training_curves": [], "saliency": []}
+    for split, pred in predictions.items():
+        results[split], confusion = write_split_outputs(out, split, pred, low, high)
+        figures["confusion"] += confusion
     calibration = fit_calibration(predictions["val"]) if "val" in predictions else None
     _store_calibration(checkpoint_path, state, calibration)
     evaluation_cfg = trained_cfg.evaluation
@@ -106,7 +141,7 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
                 for split, pred in predictions.items()}
     figures["statistics"] = [path for a in analyses.values() for path in a.figures]
     report = {"checkpoint": str(checkpoint_path), "epoch": state.get("epoch"), "arch": state["arch"],
-              "metrics": results, **analyses_json(analyses, bootstrap, calibration)}
+              "tta": evaluation_cfg.tta, "metrics": results, **analyses_json(analyses, bootstrap, calibration)}
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
     history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
     if all(p.is_file() for p in history):

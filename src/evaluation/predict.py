@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,21 +15,14 @@ from src.data.dataset import CSIDataset, make_loader
 from src.data.inputs import cache_inputs
 from src.data.preprocess import normalization_stats
 from src.data.zones import UNKNOWN, ZONES
-from src.evaluation.calibration import apply_temperature
+from src.evaluation.calibration import apply_temperature, stored_temperature
+from src.evaluation.ensemble import aligned, combine_probabilities, ensemble_average, member_names
 from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
+from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import Predictions, predict_batches
-from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_with
-
-
-def stored_temperature(state: dict, checkpoint: str | Path) -> float:
-    """The temperature eval fitted on the run's validation split and kept in the checkpoint."""
-    if "calibration" not in state:
-        raise CheckpointError(f"{checkpoint}: no fitted temperature for [Evaluation] calibrate = true; run "
-                              "python main.py --mode eval on its run first (it fits one on the validation split)")
-    return float(state["calibration"]["temperature"])
 
 
 def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
@@ -51,7 +46,8 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
     """Predictions for every image of `dataset` (probabilities scaled by `temperature` when given),
     and their table (see predictions_table)."""
     device, settings = loop_settings(trained_cfg, model)
-    pred = predict_batches(model, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
+    predictor = with_tta(model, settings, trained_cfg.evaluation.tta, dataset.mean, dataset.std)
+    pred = predict_batches(predictor, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
                            device, settings)
     if temperature is not None:
         pred = dataclasses.replace(pred, probs=apply_temperature(pred.probs, temperature))
@@ -60,8 +56,28 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
     return pred, table
 
 
-def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
-    """Score the images of `source` into `output` (CSV); returns the table written."""
-    _, table = score_dataset(*prepare_scoring(cfg, checkpoint, source))
+@dataclass
+class EnsemblePrediction:
+    table: pd.DataFrame  # what was written: the predictions of the ensemble (or of the one checkpoint)
+    members: dict[str, pd.DataFrame]  # member name -> its own predictions table, same images
+
+
+def predict_ensemble(cfg: Config, checkpoints: Sequence[Path], source: str | Path,
+                     output: str | Path) -> EnsemblePrediction:
+    """Score the images of `source` with every checkpoint and write their combined predictions
+    (`ensemble_average`) to `output` (CSV); each member's own stored temperature applies with
+    [Evaluation] calibrate = true."""
+    members = [score_dataset(*prepare_scoring(cfg, c, source))[0] for c in checkpoints]
+    members = aligned(members)  # every member skips the same unreadable files
+    low, high = cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold
+    probs = combine_probabilities([m.probs for m in members], ensemble_average(cfg))
+    table = predictions_table(members[0].file_ids, probs, None, low, high)
     atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
-    return table
+    tables = {name: predictions_table(m.file_ids, m.probs, None, low, high)
+              for name, m in zip(member_names([Path(c) for c in checkpoints]), members)}
+    return EnsemblePrediction(table, tables)
+
+
+def predict_images(cfg: Config, checkpoint: str | Path, source: str | Path, output: str | Path) -> pd.DataFrame:
+    """Score the images of `source` with one checkpoint into `output` (CSV); returns the table written."""
+    return predict_ensemble(cfg, [Path(checkpoint)], source, output).table

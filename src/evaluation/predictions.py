@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data.zones import ZONES, csi_from_scores
+from src.data.zones import CLASS_NAMES, ZONES, csi_from_scores
 from src.training.metrics import AHF_CLASSES, ahf_class, predicted_csi
 
 
@@ -41,11 +41,16 @@ def predictions_table(file_ids: Sequence[str], probs: np.ndarray, targets: np.nd
     return pd.DataFrame(columns)
 
 
-def read_predictions_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """FileIDs, targets [N, 6], predicted classes [N, 6] and probabilities [N, 6, 5] of a table written
-    by `predictions_table` with targets (eval's predictions_<split>.csv)."""
-    table = pd.read_csv(path, dtype={"FileID": str}, keep_default_na=False)
+def predictions_arrays(table: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """FileIDs, targets [N, 6], predicted classes [N, 6] and probabilities [N, 6, 5] of a table made by
+    `predictions_table` with targets."""
     targets = table[[f"{zone}_true" for zone in ZONES]].to_numpy(dtype=np.int64)
     y_pred = table[[f"{zone}_pred" for zone in ZONES]].to_numpy(dtype=np.int64)
-    probs = np.stack([table[[f"{zone}_p{c}" for c in range(5)]].to_numpy(dtype=float) for zone in ZONES], axis=1)
-    return table["FileID"].tolist(), targets, y_pred, probs
+    probs = np.stack([table[[f"{zone}_p{c}" for c in range(len(CLASS_NAMES))]].to_numpy(dtype=float)
+                      for zone in ZONES], axis=1)
+    return table["FileID"].astype(str).tolist(), targets, y_pred, probs
+
+
+def read_predictions_table(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """`predictions_arrays` of a CSV written from `predictions_table` (eval's predictions_<split>.csv)."""
+    return predictions_arrays(pd.read_csv(path, dtype={"FileID": str}, keep_default_na=False))

@@ -22,7 +22,8 @@ CHECKPOINT_FORMAT = 1
 RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
                 "Training.compile", "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
                 "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Evaluation.bootstrap_samples",
-                "Evaluation.bootstrap_seed", "Evaluation.calibrate", "Logging.log_dir")
+                "Evaluation.bootstrap_seed", "Evaluation.calibrate", "Evaluation.tta", "Evaluation.ensemble_average",
+                "Logging.log_dir")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from src.utils.errors import CSIError
 
 BEST, LAST = "best_model.pth", "last_model.pth"
+FOLDS_CSV = "folds.csv"  # marks a cross-validation directory: FileID, fold (0 = test split)
 
 
 def create_run_dir(output_dir: str | Path, arch: str, name: str) -> Path:
@@ -29,3 +30,22 @@ def find_latest_run(output_dir: str | Path) -> Path:
     if not runs:
         raise CSIError(f"{output_dir}: no trained run found; train one first or pass --run/--checkpoint")
     return max(runs, key=lambda p: (p / "config.ini").stat().st_mtime if (p / "config.ini").exists() else 0)
+
+
+def cv_dir(output_dir: str | Path, name: str) -> Path:
+    """A cross-validation's directory <output_dir>/cv/<name>/: folds.csv, fold_<k>/ runs and summaries."""
+    return Path(output_dir) / "cv" / name
+
+
+def fold_dir(cv: Path, fold: int) -> Path:
+    return cv / f"fold_{fold}"
+
+
+def is_cv_dir(path: str | Path) -> bool:
+    return (Path(path) / FOLDS_CSV).is_file()
+
+
+def fold_dirs(cv: str | Path) -> list[Path]:
+    """The fold run directories of a cross-validation directory, by fold number."""
+    found = [p for p in Path(cv).glob("fold_*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))

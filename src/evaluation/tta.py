@@ -1,0 +1,63 @@
+"""Test-time augmentation: class probabilities averaged over deterministic views of each image.
+
+A horizontally mirrored view shows the right lung where the left was, so its zone outputs are
+swapped back (`mirror_zones`, the swap training augmentation applies to labels) before they are
+averaged with the other views'. Zoomed views keep the image centre; what a zoom-out uncovers is
+black, as in training augmentation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.data.zones import mirror_zones
+from src.training.loop import LoopSettings
+
+ZOOMS = {"none": (), "flip": (1.0,), "flip+scale": (1.0, 0.9, 1.1)}  # each zoom unflipped and mirrored
+
+
+def zoom_images(images: torch.Tensor, zoom: float, background: float) -> torch.Tensor:
+    """`images` [B, C, H, W] magnified `zoom` times about their centre; uncovered pixels = `background`."""
+    if zoom == 1.0:
+        return images
+    theta = torch.tensor([[1 / zoom, 0, 0], [0, 1 / zoom, 0]], dtype=torch.float32, device=images.device)
+    grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False)
+    shifted = images.float() - background  # zero padding in shifted units is the background colour
+    return (F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            + background).to(images.dtype)
+
+
+class TTAModel(nn.Module):
+    """Images [B, 1, H, W] -> class probabilities [B, 6, 5]: `model`'s (read by `probabilities`)
+    averaged over each zoom of `zooms`, unflipped and mirrored."""
+
+    def __init__(self, model: nn.Module, probabilities: Callable[[torch.Tensor], torch.Tensor],
+                 zooms: tuple[float, ...], background: float) -> None:
+        super().__init__()
+        self.model, self.probabilities, self.zooms, self.background = model, probabilities, zooms, background
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for zoom in self.zooms:
+            view = zoom_images(images, zoom, self.background)
+            total = total + self.probabilities(self.model(view))
+            total = total + mirror_zones(self.probabilities(self.model(view.flip(-1))))
+        return total / (2 * len(self.zooms))
+
+
+def with_tta(model: nn.Module, settings: LoopSettings, tta: str, mean: float, std: float) -> nn.Module:
+    """The module to predict with for [Evaluation] tta = `tta` (`model` itself for none); for TTA the
+    settings read its outputs as the probabilities they are. mean/std: the input normalisation."""
+    if not ZOOMS[tta]:
+        return model
+    wrapped = TTAModel(model, settings.probabilities, ZOOMS[tta], background=-mean / std)
+    settings.probabilities = _already_probabilities
+    return wrapped
+
+
+def _already_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.float()
