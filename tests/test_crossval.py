@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from src.config.loader import apply_overrides, load_config
@@ -18,6 +21,7 @@ from src.evaluation.evaluate import predict_checkpoint
 from src.evaluation.predict import predict_ensemble
 from src.evaluation.predictions import predictions_arrays, read_predictions_table
 from src.evaluation.tta import TTAModel, with_tta, zoom_images
+from src.optimization.runner import run_study
 from src.training.crossval import run_cross_validation
 from src.training.loop import LoopSettings
 from src.training.loss import softmax_probabilities
@@ -204,3 +208,30 @@ def test_continuing_with_other_folds_or_more_folds_than_patients_is_refused(proj
     assert not (cv_run[2] / "fold_4").exists()
     with pytest.raises(ConfigError, match="only 15 patients outside the test split"):
         run_cross_validation(apply_overrides(cfg, {"CrossValidation.folds": 40, "Training.run_name": "many"}))
+
+
+def test_hyperopt_cv_objective_reports_the_running_mean_after_each_fold_and_prunes_between_folds(project, tmp_path):
+    cfg = apply_overrides(load_config(project / "config" / "config.ini"), {
+        "Hyperopt.cv_folds": 3, "Hyperopt.max_epochs": 1, "Hyperopt.n_trials": 1, "Hyperopt.study_name": "cvstudy",
+        "Hyperopt.output_dir": str(tmp_path / "hyperopt"), "Logging.log_dir": str(tmp_path / "logs"),
+        "Hyperopt.Model.dropout": "uniform(0.1, 0.5)"})
+    study = run_study(cfg, pruner=optuna.pruners.NopPruner()).study
+    trial = study.trials[0]
+    folds = trial.user_attrs["fold_values"]
+    assert trial.state == TrialState.COMPLETE and len(folds) == 3
+    assert trial.intermediate_values == pytest.approx({k: np.mean(folds[:k]) for k in (1, 2, 3)})
+    assert trial.value == pytest.approx(np.mean(folds))
+    run_dir = Path(trial.user_attrs["run_dir"])
+    held_out = []
+    for k, value in enumerate(folds, 1):
+        history = json.loads((run_dir / f"fold_{k}" / "logs" / "validation_history.json").read_text())
+        assert value == max(h["val_f1_macro"] for h in history)
+        split = pd.read_csv(run_dir / f"fold_{k}" / "split.csv", dtype={"FileID": str})
+        held_out += split.loc[split["split"] == "val", "FileID"].tolist()
+    assert len(held_out) == len(set(held_out)) == (split["split"] != "test").sum()
+    assert study.user_attrs["metric"] == "val_f1_macro (mean of 3 folds)"
+
+    # A pruner that rejects every value stops the next trial after its first fold.
+    pruned = run_study(cfg, pruner=optuna.pruners.ThresholdPruner(lower=2.0)).study.trials[1]
+    assert pruned.state == TrialState.PRUNED and list(pruned.intermediate_values) == [1]
+    assert sorted(p.name for p in Path(pruned.user_attrs["run_dir"]).glob("fold_*")) == ["fold_1"]

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.labels import SPLITS
+from src.utils.errors import ConfigError
 
 
 def stratum(csi: pd.Series) -> np.ndarray:
@@ -59,3 +60,20 @@ def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
     """Cross-validation fold 1..n_folds of each row of `table` (patient-grouped, stratified, equal shares)."""
     parts = deal_groups(table, (1 / n_folds,) * n_folds, seed)
     return pd.Series(parts + 1, index=table.index, name="fold")
+
+
+def plan_folds(table: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Cross-validation fold 1..n_folds of each row of `table` outside its test split; 0 for test rows."""
+    pool = (table["split"] != "test").to_numpy()
+    patients = patient_groups(table)[pool].nunique()
+    if patients < n_folds:
+        raise ConfigError(f"{n_folds} cross-validation folds: only {patients} patients outside the test split; "
+                          "use fewer folds")
+    folds = np.zeros(len(table), dtype=int)
+    folds[pool] = assign_folds(table[pool], n_folds, seed).to_numpy()
+    return folds
+
+
+def fold_splits(folds: np.ndarray, k: int) -> np.ndarray:
+    """Split per row for fold k's run: fold k validates, the other folds train, the test split stays."""
+    return np.where(folds == 0, "test", np.where(folds == k, "val", "train")).astype(object)

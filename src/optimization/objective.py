@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.data.load import DataBundle, load_data
+from src.data.split import fold_splits, plan_folds
 from src.optimization.search_space import suggest
 from src.optimization.study import study_dir, worker_id
 from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
@@ -57,7 +58,8 @@ class SharedDatasets:
 
 
 class Objective:
-    """Called by Optuna once per trial; returns the trial's best per-epoch value of [Hyperopt] metric.
+    """Called by Optuna once per trial; returns the trial's best per-epoch value of [Hyperopt] metric
+    (with cv_folds: its mean over the folds, each fold in <trial run>/fold_<k>/).
 
     `suggest_params(trial)` gives the trial's 'Section.key' values (default: one of every key of `space`).
     """
@@ -89,27 +91,51 @@ class Objective:
 
     def _train(self, trial: optuna.Trial, cfg: Config, params: dict[str, Any], run_dir: Path,
                wandb_logger) -> float:
+        """The trial's value: the best per-epoch metric of one training, reported every epoch; with
+        [Hyperopt] cv_folds, the mean of the folds' best values, reported after each fold."""
+        n_folds, data = self.cfg.hyperopt.cv_folds, self.data.get(cfg)
+        if not n_folds:
+            return self._fit(trial, cfg, params, data, run_dir, run_dir, wandb_logger, report_epochs=True)
+        folds, fold_values = plan_folds(data.table, n_folds, cfg.training.seed), []
+        for k in range(1, n_folds + 1):
+            fold_run = run_dir / f"fold_{k}"
+            fold_run.mkdir()
+            fold_values.append(self._fit(trial, cfg, params, data.with_splits(fold_splits(folds, k)), fold_run,
+                                         run_dir, wandb_logger, report_epochs=False, fold=k))
+            trial.set_user_attr("fold_values", fold_values)
+            mean = sum(fold_values) / k
+            trial.report(mean, k)
+            if k < n_folds and trial.should_prune():  # a finished trial keeps its value
+                raise optuna.TrialPruned(f"pruned after fold {k} with mean {self.cfg.hyperopt.metric} {mean:.4f}")
+        return mean
+
+    def _fit(self, trial: optuna.Trial, cfg: Config, params: dict[str, Any], data: DataBundle, run_dir: Path,
+             trial_dir: Path, wandb_logger, report_epochs: bool, fold: int = 0) -> float:
+        """Train one model in `run_dir`; its best per-epoch metric. `report_epochs`: report each epoch's
+        value to the trial and prune by it. A failure fails the trial (TrialFailed)."""
         metric, values = self.cfg.hyperopt.metric, []  # the config's validation checked the name
 
         def on_epoch_end(epoch: int, metrics: dict) -> None:
             if wandb_logger is not None:
-                wandb_logger.log_epoch(epoch, metrics)
+                step = epoch + max(fold - 1, 0) * cfg.training.n_epochs
+                wandb_logger.log_epoch(step, {**metrics, "fold": fold} if fold else metrics)
             value = float(metrics[metric])
             if not math.isfinite(value):
                 raise TrainingDiverged(f"training diverged: {metric} is {value} after epoch {epoch}")
             values.append(value)
-            trial.report(value, epoch)
-            if epoch < cfg.training.n_epochs and trial.should_prune():  # a finished trial keeps its value
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} with {metric} {value:.4f}")
+            if report_epochs:
+                trial.report(value, epoch)
+                if epoch < cfg.training.n_epochs and trial.should_prune():  # a finished trial keeps its value
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch} with {metric} {value:.4f}")
 
-        provenance = (f"Hyperopt study {self.cfg.hyperopt.study_name}, trial {trial.number}: "
+        provenance = (f"Hyperopt study {self.cfg.hyperopt.study_name}, trial {trial.number}"
+                      + (f", fold {fold} of {self.cfg.hyperopt.cv_folds}" if fold else "") + ": "
                       + ", ".join(f"{k} = {v}" for k, v in params.items()))
         # The trial's W&B run is this objective's, which also records pruning: no second one per training.
         quiet = dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, wandb_project=""))
         failure = None
         try:
-            train_model(quiet, self.data.get(cfg), on_epoch_end=on_epoch_end, provenance=provenance,
-                        run_dir=run_dir)
+            train_model(quiet, data, on_epoch_end=on_epoch_end, provenance=provenance, run_dir=run_dir)
         except (TrainingDiverged, ConfigError) as exc:  # ConfigError: e.g. a batch above the train split
             failure = str(exc)
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
@@ -117,8 +143,8 @@ class Objective:
                 raise
             failure = f"out of memory: {str(exc).splitlines()[0]}"
         if failure is not None:
-            if not any(path.is_file() for path in run_dir.rglob("*")):  # refused before writing anything
-                shutil.rmtree(run_dir, ignore_errors=True)
+            if not any(path.is_file() for path in trial_dir.rglob("*")):  # refused before writing anything
+                shutil.rmtree(trial_dir, ignore_errors=True)
                 trial.set_user_attr("run_dir", None)
             release_memory()  # outside the except block: the failed run's frames and tensors are gone
             trial.set_user_attr("fail_reason", failure)
@@ -155,5 +181,5 @@ def keep_best_checkpoints(study: optuna.Study) -> None:
     best = study.best_trial.number if complete else None
     for trial in finished:
         if trial.number != best and trial.user_attrs.get("run_dir"):
-            for checkpoint in Path(trial.user_attrs["run_dir"]).glob("*.pth"):
+            for checkpoint in Path(trial.user_attrs["run_dir"]).rglob("*.pth"):  # cv_folds: in fold_<k>/
                 checkpoint.unlink(missing_ok=True)

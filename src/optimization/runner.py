@@ -28,7 +28,7 @@ from src.config.schema import Config
 from src.optimization.objective import Objective, SharedDatasets, keep_best_checkpoints, release_memory
 from src.optimization.report import best_params, describe_trial, write_report
 from src.optimization.search_space import parse_space
-from src.optimization.study import display_location, open_storage, open_study, recover_dead_trials
+from src.optimization.study import display_location, objective_name, open_storage, open_study, recover_dead_trials
 from src.training.trainer import TrainResult, train_model
 from src.utils.errors import ConfigError, TrialFailed
 from src.utils.logging import logger
@@ -81,10 +81,10 @@ def run_study(cfg: Config, *, space: dict[str, BaseDistribution] | None = None,
     data = SharedDatasets()
     data.get(cfg)  # decode and cache the images once, before the first trial
     logger.info(f"Study {hp.study_name} in {display_location(cfg)}: {len(study.trials)} trials so far, "
-                f"{hp.n_trials} more to run; {hp.metric} ({hp.direction}), "
+                f"{hp.n_trials} more to run; {objective_name(hp)} ({hp.direction}), "
                 f"{type(study.sampler).__name__ if sampler else hp.sampler + ' sampler'}, "
                 f"{type(study.pruner).__name__ if pruner else hp.pruner + ' pruner'}, "
-                f"{hp.max_epochs} epochs per trial")
+                f"{hp.max_epochs} epochs per {'fold' if hp.cv_folds else 'trial'}")
 
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         release_memory()

@@ -151,12 +151,19 @@ def make_sampler(cfg: Config, space: dict[str, BaseDistribution]) -> BaseSampler
     return TrialSeededSampler(partial(_sampler, cfg.hyperopt.sampler, space), cfg.training.seed)
 
 
+def objective_name(hp: HyperoptConfig) -> str:
+    """What a study optimises: [Hyperopt] metric, or its mean over cv_folds folds."""
+    return f"{hp.metric} (mean of {hp.cv_folds} folds)" if hp.cv_folds else hp.metric
+
+
 def make_pruner(hp: HyperoptConfig) -> optuna.pruners.BasePruner:
-    """Pruners judge the per-epoch metric; the median pruner spares each trial's first epoch."""
+    """Pruners judge what trials report at each step: the metric per epoch, or with cv_folds the running
+    mean after each fold; the median pruner spares each trial's first step."""
     if hp.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if hp.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=hp.max_epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=hp.cv_folds or hp.max_epochs,
+                                              reduction_factor=3)
     if hp.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -171,14 +178,15 @@ def open_study(cfg: Config, space: dict[str, BaseDistribution], storage: BaseSto
                                 sampler=sampler or make_sampler(cfg, space), pruner=pruner or make_pruner(hp),
                                 load_if_exists=True)
     stored_direction = study.direction.name.lower()
-    stored_metric = study.user_attrs.get("metric", hp.metric)
+    objective = objective_name(hp)
+    stored_metric = study.user_attrs.get("metric", objective)
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        stored_metric = hp.metric  # nothing measured yet: a corrected metric name may replace the old one
-    if stored_direction != hp.direction or stored_metric != hp.metric:
+        stored_metric = objective  # nothing measured yet: a corrected metric name may replace the old one
+    if stored_direction != hp.direction or stored_metric != objective:
         raise ConfigError(f"[Hyperopt] study {hp.study_name} in {display_location(cfg)} optimises "
-                          f"{stored_metric} ({stored_direction}), not {hp.metric} ({hp.direction}); "
+                          f"{stored_metric} ({stored_direction}), not {objective} ({hp.direction}); "
                           "use another study_name")
-    study.set_user_attr("metric", hp.metric)
+    study.set_user_attr("metric", objective)
     return study
 
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from src.config.schema import Config
 from src.data.load import DataBundle, load_data
-from src.data.split import assign_folds
+from src.data.split import fold_splits, plan_folds
 from src.evaluation.evaluate import evaluate_model
 from src.evaluation.predictions import predictions_arrays
 from src.training.metrics import compute_all_metrics
@@ -38,24 +38,6 @@ from src.utils.logging import logger
 from src.utils.run_dir import FOLDS_CSV, LAST, cv_dir, fold_dir
 
 STATE_JSON, SUMMARY_JSON, OOF_CSV = "cv_state.json", "cv_summary.json", "oof_predictions.csv"
-
-
-def plan_folds(data: DataBundle, n_folds: int, seed: int) -> np.ndarray:
-    """Fold 1..n_folds of each row of `data.table` that is not in the test split; 0 for test rows."""
-    table = data.table
-    pool = table["split"] != "test"
-    groups_in_pool = table.loc[pool, "PatientID" if "PatientID" in table else "FileID"].nunique()
-    if groups_in_pool < n_folds:
-        raise ConfigError(f"[CrossValidation] folds = {n_folds}: only {groups_in_pool} patients outside the "
-                          "test split; use fewer folds")
-    folds = np.zeros(len(table), dtype=int)
-    folds[pool.to_numpy()] = assign_folds(table[pool], n_folds, seed).to_numpy()
-    return folds
-
-
-def fold_splits(folds: np.ndarray, k: int) -> np.ndarray:
-    """Split per row for fold k's run: fold k validates, the other folds train, the test split stays."""
-    return np.where(folds == 0, "test", np.where(folds == k, "val", "train")).astype(object)
 
 
 def _record_plan(out: Path, data: DataBundle, folds: np.ndarray) -> None:
@@ -145,7 +127,7 @@ def run_cross_validation(cfg: Config, on_epoch_end: Callable[[int, int, dict], N
     n_folds = cfg.crossvalidation.folds
     out = cv_dir(cfg.training.output_dir, cfg.training.run_name)
     data = load_data(cfg)
-    folds = plan_folds(data, n_folds, cfg.training.seed)
+    folds = plan_folds(data.table, n_folds, cfg.training.seed)
     out.mkdir(parents=True, exist_ok=True)
     _record_plan(out, data, folds)
     finished = _read_state(out)
