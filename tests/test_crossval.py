@@ -16,6 +16,7 @@ from torch import nn
 from src.config.loader import apply_overrides, load_config
 from src.data.load import load_data
 from src.data.zones import ZONES, mirror_zones
+from src.evaluation.calibration import apply_temperature
 from src.evaluation.ensemble import combine_probabilities, evaluate_ensemble
 from src.evaluation.evaluate import predict_checkpoint
 from src.evaluation.predict import predict_ensemble
@@ -42,7 +43,8 @@ def project(tmp_path_factory):
     write_png_dataset(root / "data", scores, patients=[f"P{i // 2}" for i in range(36)])
     write_config(root / "config" / "config.ini", root / "data",
                  Training={"n_epochs": 2, "precision": "fp32", "run_name": "cv3"},
-                 CrossValidation={"folds": FOLDS})
+                 CrossValidation={"folds": FOLDS},
+                 Evaluation={"saliency_largest_error": 0, "saliency_random": 0, "bootstrap_samples": 100})
     return root
 
 
@@ -131,7 +133,7 @@ def test_an_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(proje
     out = cv_run[2]
     cfg = load_config(project / "config" / "config.ini")
     members = [out / "fold_1" / "best_model.pth", out / "fold_2" / "best_model.pth"]
-    results = evaluate_ensemble(cfg, members, tmp_path / "evaluation")
+    results = evaluate_ensemble(cfg, members, tmp_path / "evaluation").metrics
     assert set(results) == {"test"}, "the folds' val splits differ: only the test split is shared"
     singles = [predict_checkpoint(cfg, m, ("test",)).splits["test"] for m in members]
     expected = (singles[0].probs + singles[1].probs) / 2
@@ -139,6 +141,17 @@ def test_an_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(proje
     probs = predictions_arrays(table.set_index("FileID").loc[singles[0].file_ids].reset_index())[3]
     assert np.allclose(probs, expected, atol=1e-5)
     assert set(results["test"]) == {"fold_1", "fold_2", "ensemble"}
+
+    # calibrate = true: each member scaled by the temperature its fold's eval stored, then (auto) geometric.
+    calibrated = apply_overrides(cfg, {"Evaluation.calibrate": True})
+    evaluate_ensemble(calibrated, members, tmp_path / "calibrated")
+    temperatures = [torch.load(m, weights_only=True)["calibration"]["temperature"] for m in members]
+    scaled = [apply_temperature(single.probs, t) for single, t in zip(singles, temperatures)]
+    table = pd.read_csv(tmp_path / "calibrated" / "predictions_test.csv", dtype={"FileID": str})
+    probs = predictions_arrays(table.set_index("FileID").loc[singles[0].file_ids].reset_index())[3]
+    assert np.allclose(probs, combine_probabilities(scaled, "geometric"), atol=1e-5)
+    assert not np.allclose(probs, expected, atol=1e-3), "the temperatures must change the probabilities"
+    assert json.loads((tmp_path / "calibrated" / "metrics.json").read_text())["average"] == "geometric"
 
     predicted = predict_ensemble(cfg, members, project / "data" / "images", tmp_path / "scored.csv")
     member_probs = [predictions_arrays(t.assign(**{f"{z}_true": 0 for z in ZONES}))[3]
@@ -156,6 +169,16 @@ def test_eval_of_a_cv_directory_reports_every_fold_beside_the_ensemble(project, 
     report = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert [m["name"] for m in report["members"]] == ["fold_1", "fold_2", "fold_3"] and report["tta"] == "flip"
     assert set(report["metrics"]) == {"test"}
+    low, high = report["metrics_ci95"]["test"]["ensemble"]["qwk"]
+    assert low <= high and set(report["metrics_ci95"]["test"]) == {"fold_1", "fold_2", "fold_3", "ensemble"}
+    assert f"{report['metrics']['test']['ensemble']['qwk']:.3f} [{low:.3f}, {high:.3f}]" in result.stdout
+
+    # Export and the onnxruntime predict take one model: several are refused in one line, before any work.
+    two = [arg for k in (1, 2) for arg in ("--checkpoint", str(out / f"fold_{k}" / "best_model.pth"))]
+    for args in (["--mode", "export"], ["--mode", "predict", "--runtime", "onnx", "--input", "data/images"]):
+        refused = run_main(*args, *two, cwd=project)
+        assert refused.returncode == 2 and "takes one --checkpoint" in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
 
 
 def test_geometric_ensemble_is_the_normalised_geometric_mean():

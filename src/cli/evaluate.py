@@ -27,16 +27,15 @@ def run_eval(cfg: Config, options: dict[str, Any]) -> dict:
         click.echo(metrics_table(evaluation.metrics, SHOWN, intervals).to_string())
         click.echo(statistics_lines(evaluation))
         return evaluation.metrics
-    out = ensemble_dir(cfg, runs, members)
-    results = evaluate_ensemble(cfg, members, out)
+    evaluation = evaluate_ensemble(cfg, members, ensemble_dir(cfg, runs, members))
     tta = cfg.evaluation.tta
     calibrated = ", members calibrated" if cfg.evaluation.calibrate else ""
-    for split, by_member in results.items():
+    for split, by_member in evaluation.metrics.items():
         click.echo(f"\n{split} split: {len(members)} members and their {ensemble_average(cfg)} "
-                   f"ensemble{'' if tta == 'none' else f' (tta {tta})'}{calibrated}")
-        click.echo(metrics_table(by_member, SHOWN).to_string())
-    click.echo(f"\nEnsemble evaluation written to {out}")
-    return results
+                   f"ensemble{'' if tta == 'none' else f' (tta {tta})'}{calibrated}; 95% bootstrap CIs")
+        click.echo(metrics_table(by_member, SHOWN, evaluation.intervals[split]).to_string())
+    click.echo(f"\nEnsemble evaluation written to {evaluation.out_dir}")
+    return evaluation.metrics
 
 
 def statistics_lines(evaluation: EvaluationRun) -> str:

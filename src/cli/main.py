@@ -130,8 +130,12 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         sys.exit(2)
     except TrainingInterrupted as exc:
         config = "" if config_path == DEFAULT_CONFIG else f" --config {shlex.quote(config_path)}"
-        logger.warning(f"{exc}. Resume with: python main.py --mode train --resume {shlex.quote(str(exc.run_dir))}"
-                       f"{config}")
+        if mode == "cv":  # the same command continues the unfinished folds, this one from where it stopped
+            command = shlex.join(["python", "main.py", *sys.argv[1:]])
+            logger.warning(f"{exc}. Continue the cross-validation with: {command}")
+        else:
+            logger.warning(f"{exc}. Resume with: python main.py --mode train --resume "
+                           f"{shlex.quote(str(exc.run_dir))}{config}")
         sys.exit(130)
     except KeyboardInterrupt:
         # Checkpoints and histories are written atomically after each epoch: what was saved is whole.

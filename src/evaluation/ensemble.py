@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from src.config.schema import Config
+from src.evaluation.bootstrap import BootstrapSettings, metric_intervals, resampling_units
 from src.evaluation.calibration import apply_temperature, stored_temperature
 from src.evaluation.evaluate import predict_checkpoint, resolve_checkpoint, write_split_outputs
 from src.training.loop import Predictions
@@ -96,10 +97,18 @@ def aligned(members: Sequence[Predictions]) -> list[Predictions] | None:
     return result
 
 
+@dataclass
+class EnsembleEvaluation:
+    metrics: dict[str, dict[str, dict[str, float]]]  # split -> member name or 'ensemble' -> metrics
+    intervals: dict[str, dict[str, dict[str, tuple[float, float]]]]  # the same -> metric -> 95% bootstrap CI
+    out_dir: Path
+
+
 def evaluate_ensemble(cfg: Config, checkpoints: Sequence[Path], out: Path,
-                      splits: tuple[str, ...] = ("val", "test")) -> dict[str, dict[str, dict[str, float]]]:
-    """split -> {member name or 'ensemble': metrics}, on the splits every member's run holds alike (the
-    test split of a cross-validation's folds; their val splits differ). Writes the ensemble's
+                      splits: tuple[str, ...] = ("val", "test")) -> EnsembleEvaluation:
+    """Metrics and bootstrap CIs of every member and of the ensemble, on the splits every member's run
+    holds alike (the test split of a cross-validation's folds; their val splits differ); the CIs of
+    all columns resample the same patients (images when PatientID is unknown). Writes the ensemble's
     predictions_<split>.csv, confusion matrices and a metrics.json with every member's to `out`."""
     scored = [predict_checkpoint(cfg, c, splits) for c in checkpoints]
     if cfg.evaluation.calibrate:
@@ -110,7 +119,10 @@ def evaluate_ensemble(cfg: Config, checkpoints: Sequence[Path], out: Path,
     names = member_names(checkpoints)
     method = ensemble_average(cfg)
     low, high = cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold
+    bootstrap = BootstrapSettings(cfg.evaluation.bootstrap_samples, cfg.evaluation.bootstrap_seed)
+    table = scored[0].data.table.set_index("FileID")
     results: dict[str, dict[str, dict[str, float]]] = {}
+    intervals: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     for split in splits:
         if any(split not in s.splits for s in scored):
             continue
@@ -124,12 +136,19 @@ def evaluate_ensemble(cfg: Config, checkpoints: Sequence[Path], out: Path,
         results[split] = {name: compute_all_metrics(m.targets, m.probs.argmax(-1), m.probs, low, high)
                           for name, m in zip(names, members)}
         results[split][ENSEMBLE], _ = write_split_outputs(out, split, combined, low, high)
+        units = resampling_units(first.file_ids, table.loc[first.file_ids, "PatientID"].tolist()
+                                 if "PatientID" in table else None)
+        intervals[split] = {name: metric_intervals(m.targets, m.probs.argmax(-1), m.probs, units, bootstrap, low, high)
+                            for name, m in zip([*names, ENSEMBLE], [*members, combined])}
     if not results:
         raise CheckpointError(f"{', '.join(map(str, checkpoints))}: no split with the same images in every "
                               "member's split.csv; an ensemble needs members evaluated on the same split")
     report = {"members": [{"name": n, "checkpoint": str(s.checkpoint), "epoch": s.state.get("epoch"),
                            "arch": s.state["arch"]} for n, s in zip(names, scored)],
               "average": method, "calibrated": cfg.evaluation.calibrate, "tta": cfg.evaluation.tta,
-              "metrics": results}
+              "metrics": results,
+              "metrics_ci95": {split: {name: {k: list(v) for k, v in by_metric.items()}
+                                       for name, by_metric in by_name.items()} for split, by_name in intervals.items()},
+              "bootstrap": {"samples": bootstrap.samples, "seed": bootstrap.seed, "level": bootstrap.level}}
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
-    return results
+    return EnsembleEvaluation(results, intervals, out)
