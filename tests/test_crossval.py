@@ -64,7 +64,7 @@ def cv_run(project):
     with pytest.raises(KeyboardInterrupt):
         run_cross_validation(cfg, on_epoch_end=interrupt)
     left = {"state": json.loads((out / "cv_state.json").read_text()),
-            "fold_1_best": (out / "fold_1" / "best_model.pth").read_bytes(),
+            "fold_1_best": torch.load(out / "fold_1" / "best_model.pth", weights_only=True),
             "fold_2_epoch": torch.load(out / "fold_2" / "last_model.pth", weights_only=True)["epoch"],
             "fold_3": (out / "fold_3").exists()}
     finished = run_main("--mode", "cv", cwd=project)
@@ -122,7 +122,11 @@ def test_summary_mean_and_std_are_those_of_the_folds_and_oof_metrics_of_the_csv(
 def test_an_interrupted_cv_continues_with_the_unfinished_folds(cv_run):
     left, finished, out = cv_run
     assert set(left["state"]["finished"]) == {"1"} and left["fold_2_epoch"] == 1 and not left["fold_3"]
-    assert (out / "fold_1" / "best_model.pth").read_bytes() == left["fold_1_best"], "fold 1 was trained again"
+    # Eval adds the fitted temperature to the checkpoint; the weights and the epoch stay those of before.
+    best = torch.load(out / "fold_1" / "best_model.pth", weights_only=True)
+    assert best["epoch"] == left["fold_1_best"]["epoch"] and "calibration" in best
+    assert all(torch.equal(best["model"][k], v) for k, v in left["fold_1_best"]["model"].items()), \
+        "fold 1 was trained again"
     assert "fold 1/3: finished earlier" in finished.stderr and "Resuming" in finished.stderr
     history = json.loads((out / "fold_2" / "logs" / "validation_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -237,7 +241,8 @@ def test_hyperopt_cv_objective_reports_the_running_mean_after_each_fold_and_prun
     cfg = apply_overrides(load_config(project / "config" / "config.ini"), {
         "Hyperopt.cv_folds": 3, "Hyperopt.max_epochs": 1, "Hyperopt.n_trials": 1, "Hyperopt.study_name": "cvstudy",
         "Hyperopt.output_dir": str(tmp_path / "hyperopt"), "Logging.log_dir": str(tmp_path / "logs"),
-        "Hyperopt.Model.dropout": "uniform(0.1, 0.5)"})
+        "Hyperopt.Model.dropout": "uniform(0.1, 0.5)", "Hyperopt.Model.model_arch": "choice(custom_cnn)",
+        "Hyperopt.Training.batch_size": "choice(8)"})
     study = run_study(cfg, pruner=optuna.pruners.NopPruner()).study
     trial = study.trials[0]
     folds = trial.user_attrs["fold_values"]
