@@ -120,7 +120,10 @@ def tiny_checkpoint(tmp_path: Path, arch: str, loss: str = "weighted_ce",
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
-@pytest.mark.parametrize("arch", list(BACKBONES))
+# densenet121 and vit_b_16 take most of a minute on 2 cores: they run with -m long; the default suite
+# exports a convolutional torchvision backbone and ours.
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.long) if a in ("densenet121", "vit_b_16") else a
+                                  for a in BACKBONES])
 def test_every_architecture_exports_to_both_formats_with_parity(tmp_path, arch):
     checkpoint, scoring = tiny_checkpoint(tmp_path, arch, loss="ordinal" if arch == "custom_cnn" else "weighted_ce")
     images = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(1))  # a batch size export never saw
