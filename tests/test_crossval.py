@@ -16,7 +16,7 @@ from torch import nn
 from src.config.loader import apply_overrides, load_config
 from src.data.load import load_data
 from src.data.zones import ZONES, mirror_zones
-from src.evaluation.calibration import apply_temperature
+from src.evaluation.calibration import apply_temperature, stored_temperature
 from src.evaluation.ensemble import combine_probabilities, evaluate_ensemble
 from src.evaluation.evaluate import predict_checkpoint
 from src.evaluation.predict import predict_ensemble
@@ -27,7 +27,7 @@ from src.training.crossval import run_cross_validation
 from src.training.loop import LoopSettings
 from src.training.loss import softmax_probabilities
 from src.training.metrics import compute_all_metrics
-from src.utils.errors import ConfigError
+from src.utils.errors import CheckpointError, ConfigError
 from tests.conftest import run_main, write_config, write_png_dataset
 
 FOLDS = 3
@@ -183,6 +183,14 @@ def test_eval_of_a_cv_directory_reports_every_fold_beside_the_ensemble(project, 
         refused = run_main(*args, *two, cwd=project)
         assert refused.returncode == 2 and "takes one --checkpoint" in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+
+
+def test_a_stored_temperature_serves_only_the_tta_it_was_fitted_with():
+    state = {"calibration": {"temperature": 0.6, "tta": "flip"}}
+    assert stored_temperature(state, "m.pth", "flip") == 0.6
+    with pytest.raises(CheckpointError, match="m.pth: its temperature was fitted with .*tta = flip, not none"):
+        stored_temperature(state, "m.pth", "none")
+    assert stored_temperature({"calibration": {"temperature": 0.6}}, "m.pth", "none") == 0.6  # fitted before TTA
 
 
 def test_geometric_ensemble_is_the_normalised_geometric_mean():

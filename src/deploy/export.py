@@ -21,6 +21,7 @@ from torch import nn
 
 from src.config.schema import Config
 from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_model
+from src.evaluation.calibration import fitted_tta
 from src.models.factory import load_trained_model
 from src.training.loss import probabilities_for
 from src.utils.errors import ExportError
@@ -132,7 +133,12 @@ def export_model(cfg: Config, checkpoint: str | Path, fmt: str, output: str | Pa
         raise ExportError(f"--format {fmt!r} is not allowed: expected one of {', '.join(FORMATS)}")
     checkpoint = Path(checkpoint)
     model, trained_cfg, state = load_trained_model(cfg, checkpoint)
-    temperature = state["calibration"]["temperature"] if "calibration" in state else None  # fitted by eval
+    calibration = state.get("calibration")  # fitted by eval
+    if calibration and fitted_tta(calibration) != "none":
+        logger.warning(f"{checkpoint}: its temperature was fitted with [Evaluation] tta = {fitted_tta(calibration)}, "
+                       "which the exported model does not apply: exported without one (eval with tta = none fits one)")
+        calibration = None
+    temperature = calibration["temperature"] if calibration else None
     scoring = ScoringModel(model.eval(), probabilities_for(trained_cfg.loss.loss)).eval()
     output = Path(output) if output else checkpoint.with_suffix(FORMATS[fmt])
     logger.info(f"exporting {checkpoint} ({trained_cfg.model.model_arch}) as {fmt}")

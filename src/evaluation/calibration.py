@@ -85,11 +85,21 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
-def stored_temperature(state: dict, checkpoint: str | Path) -> float:
-    """The temperature eval fitted on the run's validation split and kept in the checkpoint."""
+def fitted_tta(calibration: dict) -> str:
+    """The [Evaluation] tta of the predictions a stored temperature was fitted on (none before TTA existed)."""
+    return calibration.get("tta", "none")
+
+
+def stored_temperature(state: dict, checkpoint: str | Path, tta: str) -> float:
+    """The temperature eval fitted on the run's validation split and kept in the checkpoint, for
+    predictions made with [Evaluation] tta = `tta` (a temperature fits the outputs it was fitted on)."""
     if "calibration" not in state:
         raise CheckpointError(f"{checkpoint}: no fitted temperature for [Evaluation] calibrate = true; run "
                               "python main.py --mode eval on its run first (it fits one on the validation split)")
+    if fitted_tta(state["calibration"]) != tta:
+        raise CheckpointError(f"{checkpoint}: its temperature was fitted with [Evaluation] tta = "
+                              f"{fitted_tta(state['calibration'])}, not {tta}; run python main.py --mode eval on its "
+                              f"run with tta = {tta} first (it fits the temperature again)")
     return float(state["calibration"]["temperature"])
 
 

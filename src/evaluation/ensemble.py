@@ -113,7 +113,7 @@ def evaluate_ensemble(cfg: Config, checkpoints: Sequence[Path], out: Path,
     scored = [predict_checkpoint(cfg, c, splits) for c in checkpoints]
     if cfg.evaluation.calibrate:
         for s in scored:
-            temperature = stored_temperature(s.state, s.checkpoint)
+            temperature = stored_temperature(s.state, s.checkpoint, cfg.evaluation.tta)
             s.splits = {split: replace(pred, probs=apply_temperature(pred.probs, temperature))
                         for split, pred in s.splits.items()}
     names = member_names(checkpoints)

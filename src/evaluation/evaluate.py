@@ -52,7 +52,7 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
     return device, settings
 
 
-def _store_calibration(path: Path, state: dict, calibration: dict[str, float] | None) -> None:
+def _store_calibration(path: Path, state: dict, calibration: dict[str, float | str] | None) -> None:
     """Keep the temperature with the checkpoint it was fitted for (rewritten only when it changed)."""
     if calibration is not None and state.get("calibration") != calibration:
         save_checkpoint(path, {k: v for k, v in state.items() if k != "format"} | {"calibration": calibration})
@@ -129,9 +129,10 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
     for split, pred in predictions.items():
         results[split], confusion = write_split_outputs(out, split, pred, low, high)
         figures["confusion"] += confusion
-    calibration = fit_calibration(predictions["val"]) if "val" in predictions else None
-    _store_calibration(checkpoint_path, state, calibration)
     evaluation_cfg = trained_cfg.evaluation
+    calibration = ({**fit_calibration(predictions["val"]), "tta": evaluation_cfg.tta} if "val" in predictions
+                   else None)
+    _store_calibration(checkpoint_path, state, calibration)
     bootstrap = BootstrapSettings(evaluation_cfg.bootstrap_samples, evaluation_cfg.bootstrap_seed)
     patient_of = data.table.set_index("FileID")["PatientID"] if "PatientID" in data.table else None
     temperature = calibration["temperature"] if calibration else 1.0

@@ -31,7 +31,8 @@ def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
     prepared as in training (found via today's [Data] image_dir) with Unknown labels, and the
     stored temperature when [Evaluation] calibrate asks for it (else None)."""
     model, trained_cfg, state = load_trained_model(cfg, Path(checkpoint))
-    temperature = stored_temperature(state, checkpoint) if trained_cfg.evaluation.calibrate else None
+    evaluation = trained_cfg.evaluation
+    temperature = stored_temperature(state, checkpoint, evaluation.tta) if evaluation.calibrate else None
     data = dataclasses.replace(trained_cfg.data, image_dir=cfg.data.image_dir)
     usable, cache, cache_rows = cache_inputs(cfg, data, source)
     mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,

@@ -37,7 +37,7 @@ class EvaluationRun:
     out_dir: Path  # <run>/evaluation
     figures: dict[str, list[Path]] = field(default_factory=dict)  # kind -> PNGs written (see evaluate.py)
     analyses: dict[str, SplitAnalysis] = field(default_factory=dict)  # per split: intervals, agreement, calibration
-    calibration: dict[str, float] | None = None  # the temperature fitted on val, as stored in the checkpoint
+    calibration: dict[str, float | str] | None = None  # temperature fitted on val (and its tta), as stored
 
 
 # The figures a reader looks for first, shown as tiles: metric key -> label.
