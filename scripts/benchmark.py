@@ -338,23 +338,24 @@ def _images_per_second(arch: str, size: int, batch: int, steps: int, device, var
     runs = {}
     for name, (dtype, channels_last) in variants.items():
         torch.manual_seed(0)
-        settings = LoopSettings(dtype=dtype, channels_last=channels_last, progress=False,
-                                scaler=torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
+        settings = LoopSettings(dtype=dtype, channels_last=channels_last, progress=False)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         model = place_model(build_model(cfg), device, settings)
-        runs[name] = (model, create_optimizer(model, cfg), settings)
+        runs[name] = (model, create_optimizer(model, cfg), settings, scaler)
 
     def rate(name: str) -> float:
-        model, optimizer, settings = runs[name]
+        model, optimizer, settings, scaler = runs[name]
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        train_epoch(model, data, WeightedCSILoss(), optimizer, device, 1, settings)
+        train_epoch(model, data, WeightedCSILoss(), optimizer, device, 1, settings, scaler=scaler)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return steps * batch / (time.perf_counter() - started)
 
     for name in variants:  # warm-up
-        train_epoch(runs[name][0], data[:1], WeightedCSILoss(), runs[name][1], device, 0, runs[name][2])
+        model, optimizer, settings, scaler = runs[name]
+        train_epoch(model, data[:1], WeightedCSILoss(), optimizer, device, 0, settings, scaler=scaler)
     return alternate({name: (lambda n=name: rate(n)) for name in variants}, rounds)
 
 

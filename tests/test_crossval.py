@@ -24,7 +24,6 @@ from src.evaluation.predictions import predictions_arrays, read_predictions_tabl
 from src.evaluation.tta import TTAModel, with_tta, zoom_images
 from src.optimization.runner import run_study
 from src.training.crossval import run_cross_validation
-from src.training.loop import LoopSettings
 from src.training.loss import softmax_probabilities
 from src.training.metrics import compute_all_metrics
 from src.utils.errors import CheckpointError, ConfigError
@@ -217,14 +216,13 @@ def test_flip_tta_swaps_the_mirrored_zone_outputs_back():
     images[:, :, :10, :15] += 2  # bright patient-right upper zone
     model, plain = ZoneBrightness(), softmax_probabilities(ZoneBrightness()(images))
     assert not torch.allclose(plain, mirror_zones(plain)), "the images must not be symmetric themselves"
-    settings = LoopSettings()
-    tta = with_tta(model, settings, "flip", mean=0.0, std=1.0)
+    tta, probabilities = with_tta(model, softmax_probabilities, "flip", mean=0.0, std=1.0)
     assert isinstance(tta, TTAModel)
-    probs = settings.probabilities(tta(images))
+    probs = probabilities(tta(images))
     assert torch.allclose(probs, plain, atol=1e-6)
     unswapped = (plain + softmax_probabilities(model(images.flip(-1)))) / 2
     assert not torch.allclose(probs, unswapped, atol=1e-3)
-    assert with_tta(model, LoopSettings(), "none", 0.0, 1.0) is model
+    assert with_tta(model, softmax_probabilities, "none", 0.0, 1.0) == (model, softmax_probabilities)
 
 
 def test_flip_and_scale_views_keep_the_centre_and_fill_with_black():
@@ -232,7 +230,8 @@ def test_flip_and_scale_views_keep_the_centre_and_fill_with_black():
     smaller = zoom_images(image, 0.5, background=-2.0)
     assert smaller[0, 0, 10, 10] == 1 and smaller[0, 0, 0, 0] == -2
     assert torch.equal(zoom_images(image, 1.0, 0.0), image)
-    probs = with_tta(ZoneBrightness(), LoopSettings(), "flip+scale", 0.5, 0.5)(torch.rand(2, 1, 30, 30))
+    predictor, _ = with_tta(ZoneBrightness(), softmax_probabilities, "flip+scale", 0.5, 0.5)
+    probs = predictor(torch.rand(2, 1, 30, 30))
     assert probs.shape == (2, 6, 5) and torch.allclose(probs.sum(-1), torch.ones(2, 6))
 
 

@@ -80,8 +80,8 @@ def test_every_scheduler_runs_and_onecycle_steps_per_batch(name):
     schedule = create_scheduler(optimizer, cfg, "max", steps_per_epoch=3)
     rates = []
     for _ in range(4):
-        settings = quiet(batch_scheduler=schedule.scheduler if schedule.per_step else None)
-        train_epoch(model, batches(3, 4), WeightedCSILoss(), optimizer, CPU, 1, settings)
+        train_epoch(model, batches(3, 4), WeightedCSILoss(), optimizer, CPU, 1, quiet(),
+                    batch_scheduler=schedule.scheduler if schedule.per_step else None)
         schedule.step_epoch(0.5)
         rates.append(optimizer.param_groups[0]["lr"])
     assert schedule.per_step == (name == "onecycle")
@@ -154,7 +154,7 @@ def test_precision_choices():
 
 def test_compile_wraps_the_model_and_checkpoints_stay_plain():
     model = linear_model()
-    net = wrap_model(model, compile=True, dist=DistInfo(), device=CPU)
+    net = wrap_model(model, compiled=True, dist=DistInfo(), device=CPU)
     assert net is not model and net._orig_mod is model
     assert all(not k.startswith("_orig_mod") for k in model.state_dict())
 
@@ -217,3 +217,37 @@ def test_channels_last_setting_reaches_model_and_batches(tiny_dataset, tmp_path,
     conv = next(p for p in trainer.model.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last) == expected
     assert trainer.settings.channels_last == expected
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of every tensor inside a (nested) checkpoint value."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def test_best_checkpoint_early_stopping_and_result_agree(tiny_dataset, tmp_path):
+    """With a min_delta no later epoch can beat, epoch 1 stays the best: best_model.pth, early stopping,
+    TrainResult and the weights it carries all say so, and no checkpoint holds a second copy of the weights."""
+    cfg = apply_overrides(_config(tmp_path, tiny_dataset, n_epochs=5),
+                          {"Callbacks.monitor": "val_loss", "Callbacks.early_stopping_min_delta": 10.0,
+                           "Callbacks.early_stopping_patience": 2, "Callbacks.restore_best_weights": True})
+    result = train_model(cfg)
+    history = json.loads((result.run_dir / "logs" / "validation_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # stopped after two epochs without improvement
+    best = torch.load(result.run_dir / "best_model.pth", weights_only=True)
+    last = torch.load(result.run_dir / "last_model.pth", weights_only=True)
+    assert best["epoch"] == result.best_epoch == 1 and last["epoch"] == 3
+    assert result.best_metrics["val_loss"] == history[0]["val_loss"]
+
+    weights = result.model.state_dict()  # the best epoch's, not the last one's
+    assert all(torch.equal(weights[k].cpu(), best["model"][k]) for k in weights)
+    assert any(not torch.equal(last["model"][k], best["model"][k]) for k in weights)
+
+    for checkpoint in (best, last):
+        assert _tensor_bytes(checkpoint) == _tensor_bytes(checkpoint["model"]) + _tensor_bytes(checkpoint["optimizer"])
+    assert _tensor_bytes(last["model"]) == _tensor_bytes(weights)

@@ -10,8 +10,8 @@ from typing import Any
 import click
 
 from src.config.schema import Config
-from src.training.trainer import DebugRun, TrainResult, resume_checkpoint, train_model
-from src.utils.checkpoint import checkpoint_config, read_checkpoint
+from src.config.trained import checkpoint_config
+from src.training.trainer import DebugRun, TrainResult, resume_point, train_model
 
 REPORTED = ("val_loss", "val_f1_macro", "val_f1_weighted", "val_accuracy", "val_qwk", "val_csi_mae",
             "val_csi_pearson", "val_ahf_accuracy", "val_unknown_pred_rate")
@@ -33,8 +33,8 @@ def run_train(cfg: Config, options: dict[str, Any]) -> TrainResult:
     resume = options.get("resume")
     if resume:
         # A resumed run keeps the settings it started with; only where/how to compute may change.
-        checkpoint = resume_checkpoint(resume)
-        cfg = checkpoint_config(read_checkpoint(checkpoint), cfg, checkpoint)
+        resume = resume_point(resume)  # read once: its config here, its state in train_model
+        cfg = checkpoint_config(resume.state, cfg, resume.path)
     result = train_model(cfg, resume=resume, debug=debug)
     report(result)
     return result

@@ -22,7 +22,7 @@ from src.evaluation.report import EvaluationRun, write_evaluation_report
 from src.evaluation.saliency import explain_selected_images
 from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
-from src.training.loop import LoopSettings, Predictions, place_model, predict_batches
+from src.training.loop import LoopSettings, Predictions, Probabilities, place_model, predict_batches
 from src.training.loss import probabilities_for
 from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
 from src.utils.checkpoint import save_checkpoint
@@ -44,12 +44,13 @@ def resolve_checkpoint(cfg: Config, run: str | None = None, checkpoint: str | No
     return path
 
 
-def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, LoopSettings]:
+def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, LoopSettings, Probabilities]:
+    """The device, step settings and logits -> probabilities map (as the model was trained to output)
+    for scoring with `model`, which is moved to that device."""
     device = resolve_device(cfg.training.device)
     settings = LoopSettings.from_config(cfg, device)
     place_model(model, device, settings)
-    settings.probabilities = probabilities_for(cfg.loss.loss)  # as the model was trained to output
-    return device, settings
+    return device, settings, probabilities_for(cfg.loss.loss)
 
 
 def _store_calibration(path: Path, state: dict, calibration: dict[str, float | str] | None) -> None:
@@ -79,15 +80,16 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
     if not split_csv.is_file():
         raise CheckpointError(f"{run_dir}: no split.csv beside {checkpoint_path.name}; eval needs the run's split")
     data = load_data(trained_cfg, split_csv=split_csv)
-    device, settings = loop_settings(trained_cfg, model)
-    predictor = with_tta(model, settings, trained_cfg.evaluation.tta, data.mean, data.std)
+    device, settings, probabilities = loop_settings(trained_cfg, model)
+    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, data.mean, data.std)
     predictions = {}
     for split in splits:
         dataset = data.dataset(split)
         if len(dataset) == 0:
             continue
         loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
-        predictions[split] = predict_batches(predictor, loader, device, settings, desc=f"evaluate {split}")
+        predictions[split] = predict_batches(predictor, loader, device, settings, desc=f"evaluate {split}",
+                                             probabilities=probabilities)
     return CheckpointPredictions(checkpoint_path, state, trained_cfg, model, data, predictions)
 
 

@@ -46,10 +46,10 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
                   temperature: float | None = None) -> tuple[Predictions, pd.DataFrame]:
     """Predictions for every image of `dataset` (probabilities scaled by `temperature` when given),
     and their table (see predictions_table)."""
-    device, settings = loop_settings(trained_cfg, model)
-    predictor = with_tta(model, settings, trained_cfg.evaluation.tta, dataset.mean, dataset.std)
+    device, settings, probabilities = loop_settings(trained_cfg, model)
+    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, dataset.mean, dataset.std)
     pred = predict_batches(predictor, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
-                           device, settings)
+                           device, settings, probabilities=probabilities)
     if temperature is not None:
         pred = dataclasses.replace(pred, probs=apply_temperature(pred.probs, temperature))
     table = predictions_table(pred.file_ids, pred.probs, None, trained_cfg.evaluation.ahf_low_threshold,

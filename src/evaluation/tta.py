@@ -8,14 +8,12 @@ black, as in training augmentation.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from src.data.zones import mirror_zones
-from src.training.loop import LoopSettings
+from src.training.loop import Probabilities
 
 ZOOMS = {"none": (), "flip": (1.0,), "flip+scale": (1.0, 0.9, 1.1)}  # each zoom unflipped and mirrored
 
@@ -35,7 +33,7 @@ class TTAModel(nn.Module):
     """Images [B, 1, H, W] -> class probabilities [B, 6, 5]: `model`'s (read by `probabilities`)
     averaged over each zoom of `zooms`, unflipped and mirrored."""
 
-    def __init__(self, model: nn.Module, probabilities: Callable[[torch.Tensor], torch.Tensor],
+    def __init__(self, model: nn.Module, probabilities: Probabilities,
                  zooms: tuple[float, ...], background: float) -> None:
         super().__init__()
         self.model, self.probabilities, self.zooms, self.background = model, probabilities, zooms, background
@@ -49,14 +47,14 @@ class TTAModel(nn.Module):
         return total / (2 * len(self.zooms))
 
 
-def with_tta(model: nn.Module, settings: LoopSettings, tta: str, mean: float, std: float) -> nn.Module:
-    """The module to predict with for [Evaluation] tta = `tta` (`model` itself for none); for TTA the
-    settings read its outputs as the probabilities they are. mean/std: the input normalisation."""
+def with_tta(model: nn.Module, probabilities: Probabilities, tta: str, mean: float,
+             std: float) -> tuple[nn.Module, Probabilities]:
+    """The module to predict with for [Evaluation] tta = `tta` (`model` itself for none) and how to
+    read its outputs: `probabilities` for the model's logits, as they are for TTA's averaged
+    probabilities. mean/std: the input normalisation."""
     if not ZOOMS[tta]:
-        return model
-    wrapped = TTAModel(model, settings.probabilities, ZOOMS[tta], background=-mean / std)
-    settings.probabilities = _already_probabilities
-    return wrapped
+        return model, probabilities
+    return TTAModel(model, probabilities, ZOOMS[tta], background=-mean / std), _already_probabilities
 
 
 def _already_probabilities(outputs: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,10 @@ from torch import nn
 
 from src.config.loader import apply_overrides
 from src.config.schema import Config
+from src.config.trained import checkpoint_config
 from src.models.backbones import get_backbone
 from src.models.heads import ZoneHead
-from src.utils.checkpoint import checkpoint_config, load_checkpoint, read_checkpoint
+from src.utils.checkpoint import load_weights, read_checkpoint
 
 
 class CSIModel(nn.Module):
@@ -53,5 +54,5 @@ def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[CSIModel, Config,
     trained_cfg = apply_overrides(checkpoint_config(state, cfg, checkpoint),
                                   {"Model.pretrained": False, "Model.pretrained_path": ""})
     model = build_model(trained_cfg)
-    load_checkpoint(model, checkpoint)
+    load_weights(model, state, checkpoint)  # the file is read once
     return model, trained_cfg, state

@@ -1,4 +1,8 @@
-"""EarlyStopping, MetricsTracker and AverageMeter."""
+"""EarlyStopping, MetricsTracker and AverageMeter.
+
+The trainer's history and best epoch are RunState's (run_state.py), which counts improvements with
+an EarlyStopping; MetricsTracker and EarlyStopping's own weight copy remain for code written
+against the legacy API."""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ class EarlyStopping:
         self.bad_epochs = 0
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def step(self, value: float, epoch: int, model: nn.Module) -> bool:
+    def step(self, value: float, epoch: int, model: nn.Module | None = None) -> bool:
         """Record this epoch's value; True when training should stop."""
         if is_improvement(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 
 from src.config.schema import Config
+from src.config.trained import checkpoint_config
 from src.data.load import DataBundle, load_data
 from src.data.split import fold_splits, plan_folds
 from src.evaluation.evaluate import evaluate_model
 from src.evaluation.predictions import predictions_arrays
 from src.training.metrics import compute_all_metrics
-from src.training.trainer import TrainResult, resume_checkpoint, train_model
-from src.utils.checkpoint import checkpoint_config, read_checkpoint
+from src.training.trainer import TrainResult, resume_point, train_model
 from src.utils.errors import ConfigError
 from src.utils.io import atomic_write_text, atomic_write_with
 from src.utils.logging import logger
@@ -63,9 +63,9 @@ def _train_fold(cfg: Config, data: DataBundle, run_dir: Path, k: int, n_folds: i
                 on_epoch_end: Callable[[int, dict], None] | None) -> TrainResult:
     """Train fold k in `run_dir`: continue it from its last_model.pth when there is one."""
     if (run_dir / LAST).is_file():
-        checkpoint = resume_checkpoint(run_dir)
-        cfg = checkpoint_config(read_checkpoint(checkpoint), cfg, checkpoint)
-        return train_model(cfg, data, on_epoch_end=on_epoch_end, resume=run_dir)
+        resume = resume_point(run_dir)
+        cfg = checkpoint_config(resume.state, cfg, resume.path)
+        return train_model(cfg, data, on_epoch_end=on_epoch_end, resume=resume)
     provenance = f"Cross-validation {run_dir.parent.name}, fold {k} of {n_folds}"
     run_dir.mkdir(parents=True, exist_ok=True)
     return train_model(cfg, data, on_epoch_end=on_epoch_end, provenance=provenance, run_dir=run_dir)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from src.config.schema import Config
+from src.config.schema import Config, section_fields
 from src.training.callbacks import AverageMeter
 from src.training.loss import softmax_probabilities
 from src.training.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
@@ -24,8 +24,11 @@ from src.utils.errors import TrainingDiverged
 
 _POSTFIX_INTERVAL_S = 1.0  # the progress bar's loss needs a host read: not every step
 
-__all__ = ["LoopSettings", "Predictions", "TrainingDiverged", "place_model", "predict_batches", "train_epoch",
-           "validate_epoch"]
+__all__ = ["LoopSettings", "NonFiniteGuard", "Predictions", "TrainingDiverged", "place_model", "predict_batches",
+           "train_epoch", "validate_epoch"]
+
+_EVALUATION = section_fields("Evaluation")
+Probabilities = Callable[[torch.Tensor], torch.Tensor]  # logits -> class probabilities
 
 
 class StepInterrupted(Exception):
@@ -36,26 +39,20 @@ class StepInterrupted(Exception):
         self.batches = batches
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
-    """How each step runs; everything train_epoch/validate_epoch need beyond the spec'd arguments."""
+    """How each step runs, fixed for a run. The moving parts (scaler, schedulers, augmenter, teacher)
+    are passed to train_epoch explicitly; the running count of bad steps is a NonFiniteGuard's."""
 
     dtype: torch.dtype = torch.float32
     channels_last: bool = False
     grad_accumulation: int = 1
     max_grad_norm: float = 0.0
-    max_nonfinite_steps: int = 10
-    scaler: torch.amp.GradScaler | None = None
-    batch_scheduler: object = None  # stepped after every optimizer step (e.g. OneCycleLR)
-    probabilities: Callable[[torch.Tensor], torch.Tensor] = softmax_probabilities  # logits -> class probs
-    augment: Callable | None = None  # (images, targets) -> (images, targets), training batches only
-    teacher: nn.Module | None = None  # knowledge distillation: its logits go to the criterion
-    ahf_low: float = 1.3
-    ahf_high: float = 2.2
-    progress: bool = True
+    max_nonfinite_steps: int = section_fields("Training")["max_nonfinite_steps"].default
+    ahf_low: float = _EVALUATION["ahf_low_threshold"].default
+    ahf_high: float = _EVALUATION["ahf_high_threshold"].default
+    progress: bool = True  # show a progress bar
     dist: DistInfo = field(default_factory=DistInfo)
-    stop: threading.Event | None = None  # once set, train_epoch raises StepInterrupted after the current step
-    nonfinite_streak: int = field(default=0, repr=False)  # carried across epochs
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> LoopSettings:
@@ -92,9 +89,9 @@ def _grad_norm(model: nn.Module) -> torch.Tensor:
     return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
 
 
-def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings) -> float:
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings: LoopSettings,
+                    scaler: torch.amp.GradScaler | None, batch_scheduler) -> float:
     """Unscale, clip, check and apply the accumulated gradients; returns their norm (NaN if skipped)."""
-    scaler = settings.scaler
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip and check the true gradients, not the scaled ones
     if settings.max_grad_norm > 0:
@@ -108,25 +105,54 @@ def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, settings
     elif finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if finite and settings.batch_scheduler is not None:
-        settings.batch_scheduler.step()
+    if finite and batch_scheduler is not None:
+        batch_scheduler.step()
     return float(norm) if finite else math.nan
 
 
-def _record_nonfinite(settings: LoopSettings, epoch: int) -> None:
-    settings.nonfinite_streak += 1
-    if settings.nonfinite_streak >= settings.max_nonfinite_steps:
-        raise TrainingDiverged(
-            f"training diverged at epoch {epoch}: {settings.nonfinite_streak} steps in a row had a "
-            "non-finite loss or gradient; lower [Training] learning_rate or set max_grad_norm "
-            "(the last good checkpoint is kept)"
-        )
+class NonFiniteGuard:
+    """Counts the steps in a row with a non-finite loss or gradient; `max_steps` of them stop training.
+
+    The trainer owns one for the whole run (a streak carries across epochs) and checkpoints it.
+    """
+
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps, self.streak = max_steps, 0
+
+    def failed(self, epoch: int) -> None:
+        self.streak += 1
+        if self.streak >= self.max_steps:
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch}: {self.streak} steps in a row had a non-finite loss "
+                "or gradient; lower [Training] learning_rate or set max_grad_norm (the last good "
+                "checkpoint is kept)"
+            )
+
+    def passed(self) -> None:
+        self.streak = 0
+
+    def state_dict(self) -> dict:
+        return {"streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.streak = state["streak"]
 
 
 def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                device: torch.device, epoch: int, settings: LoopSettings | None = None) -> dict[str, float]:
-    """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput."""
+                device: torch.device, epoch: int, settings: LoopSettings | None = None, *,
+                scaler: torch.amp.GradScaler | None = None, batch_scheduler=None,
+                augment: Callable | None = None, teacher: nn.Module | None = None,
+                probabilities: Probabilities = softmax_probabilities,
+                guard: NonFiniteGuard | None = None, stop: threading.Event | None = None) -> dict[str, float]:
+    """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput.
+
+    `scaler`: fp16 gradient scaler; `batch_scheduler`: stepped after every optimizer step (e.g.
+    OneCycleLR); `augment(images, targets)`: training batches only; `teacher`: distillation, its
+    logits go to the criterion; `guard`: the run's count of bad steps (default: one for this epoch);
+    `stop`: once set, the epoch ends with StepInterrupted at the end of the current optimizer step.
+    """
     settings = settings or LoopSettings()
+    guard = guard or NonFiniteGuard(settings.max_nonfinite_steps)
     model.train()
     # Per-step bookkeeping stays on the device: the loss sum and the training confusion counts are
     # read once per epoch (and for the progress bar at most once a second), so no step waits on a
@@ -141,46 +167,46 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
     for index, (images, targets, _) in enumerate(bar):
         images, targets = _to_device(images, targets, device, settings.channels_last)
-        if settings.augment is not None:
-            images, targets = settings.augment(images, targets)
+        if augment is not None:
+            images, targets = augment(images, targets)
         with autocast(device, settings.dtype):
             logits = model(images)
-            if settings.teacher is not None:
+            if teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = settings.teacher(images).float()
-        extra = (teacher_logits,) if settings.teacher is not None else ()
+                    teacher_logits = teacher(images).float()
+        extra = (teacher_logits,) if teacher is not None else ()
         loss = criterion(logits.float(), targets, *extra)  # the loss in fp32 whatever the autocast dtype
         group_start = index - index % accumulation
         group_size = min(accumulation, n_batches - group_start)
         if torch.isfinite(loss):
             # Dividing by the group size makes the summed gradient that of one big batch.
             scaled = loss / group_size
-            (settings.scaler.scale(scaled) if settings.scaler else scaled).backward()
+            (scaler.scale(scaled) if scaler else scaled).backward()
             loss_sum += loss.detach() * len(images)
             loss_count += len(images)
             group_has_gradient = True
         else:
             skipped += 1
-            _record_nonfinite(settings, epoch)
+            guard.failed(epoch)
         group_end = index + 1 == group_start + group_size  # last batch of an accumulation group
         if group_end:
             if group_has_gradient:
-                norm = _optimizer_step(model, optimizer, settings)
+                norm = _optimizer_step(model, optimizer, settings, scaler, batch_scheduler)
                 if math.isnan(norm):
                     skipped += 1
-                    _record_nonfinite(settings, epoch)
+                    guard.failed(epoch)
                 else:
-                    settings.nonfinite_streak = 0
+                    guard.passed()
                     norm_meter.update(norm)
             group_has_gradient = False
-        predicted = settings.probabilities(logits.detach().float()).argmax(-1)
+        predicted = probabilities(logits.detach().float()).argmax(-1)
         confusion += torch.bincount((targets * len(ALL_CLASSES) + predicted).flatten(), minlength=confusion.numel())
         images_seen += len(images)
         if settings.progress and time.perf_counter() - shown >= _POSTFIX_INTERVAL_S:
             shown = time.perf_counter()
             bar.set_postfix(loss=f"{float(loss_sum) / max(loss_count, 1):.4f}",
                             img_s=f"{images_seen / (shown - started):.1f}", refresh=False)
-        if group_end and index + 1 < n_batches and settings.stop is not None and settings.stop.is_set():
+        if group_end and index + 1 < n_batches and stop is not None and stop.is_set():
             raise StepInterrupted(index + 1)
     elapsed = time.perf_counter() - started
     # Metrics over every rank's batches, not this rank's share alone.
@@ -210,7 +236,8 @@ class Predictions:
 
 @torch.no_grad()
 def predict_batches(model: nn.Module, loader, device: torch.device, settings: LoopSettings | None = None,
-                    criterion: nn.Module | None = None, desc: str = "predict") -> Predictions:
+                    criterion: nn.Module | None = None, desc: str = "predict",
+                    probabilities: Probabilities = softmax_probabilities) -> Predictions:
     """Class probabilities of every image of `loader` (and the mean loss when `criterion` is given)."""
     settings = settings or LoopSettings()
     model.eval()
@@ -221,7 +248,7 @@ def predict_batches(model: nn.Module, loader, device: torch.device, settings: Lo
             logits = model(images)
         if criterion is not None:
             loss_meter.update(criterion(logits, targets).item(), len(images))
-        probs.append(settings.probabilities(logits.float()).cpu())
+        probs.append(probabilities(logits.float()).cpu())
         targets_seen.append(targets.cpu())
         file_ids.extend(ids)
     if not file_ids:  # a rank whose share of the data is empty
@@ -230,10 +257,12 @@ def predict_batches(model: nn.Module, loader, device: torch.device, settings: Lo
 
 
 def validate_epoch(model: nn.Module, loader, criterion: nn.Module, device: torch.device, epoch: int,
-                   settings: LoopSettings | None = None) -> dict[str, float]:
+                   settings: LoopSettings | None = None, *,
+                   probabilities: Probabilities = softmax_probabilities) -> dict[str, float]:
     """Loss and every metric on `loader`, keys prefixed with 'val_'."""
     settings = settings or LoopSettings()
-    result = predict_batches(model, loader, device, settings, criterion, desc=f"epoch {epoch} val")
+    result = predict_batches(model, loader, device, settings, criterion, desc=f"epoch {epoch} val",
+                             probabilities=probabilities)
     if settings.dist.enabled:  # each rank scored a disjoint share: metrics need all of them
         parts = gather_objects(result, settings.dist)
         count = sum(len(p.file_ids) for p in parts)

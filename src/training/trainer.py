@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from src.config.render import render_ini
@@ -17,13 +16,14 @@ from src.data.augment import BatchAugmenter
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
 from src.models.factory import build_model
-from src.training.callbacks import EarlyStopping, MetricsTracker, is_improvement, resolve_mode
+from src.training.callbacks import resolve_mode
 from src.training.distillation import build_distillation
 from src.training.loggers import create_loggers
-from src.training.loop import LoopSettings, StepInterrupted, place_model, train_epoch, validate_epoch
+from src.training.loop import LoopSettings, NonFiniteGuard, StepInterrupted, place_model, train_epoch, validate_epoch
 from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
-from src.utils.checkpoint import read_checkpoint, save_checkpoint
+from src.training.run_state import RunState
+from src.utils.checkpoint import TopKCheckpoints, read_checkpoint, save_checkpoint
 from src.utils.device import resolve_device
 from src.utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from src.utils.errors import CheckpointError, ConfigError, OutputError, TrainingInterrupted
@@ -31,9 +31,9 @@ from src.utils.interrupt import stop_requests
 from src.utils.io import atomic_write_text, atomic_write_with, remove_temporaries, require_free_space
 from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, create_run_dir
-from src.utils.seed import seed_everything
+from src.utils.seed import capture_rng_state, restore_rng_state, seed_everything
 
-__all__ = ["train_model", "train_epoch", "validate_epoch", "TrainResult", "DebugRun"]
+__all__ = ["train_model", "train_epoch", "validate_epoch", "TrainResult", "DebugRun", "ResumePoint", "resume_point"]
 
 
 @dataclass
@@ -41,7 +41,7 @@ class TrainResult:
     run_dir: Path | None  # None for a --fast-dev-run, which writes nothing
     best_epoch: int
     best_metrics: dict  # validation metrics of the best epoch
-    history: list[dict]  # merged train + validation metrics per epoch
+    model: torch.nn.Module  # the trained model; with [Callbacks] restore_best_weights, the best epoch's weights
     is_main: bool = True  # False on the non-zero ranks of a distributed run, which write nothing
 
 
@@ -54,43 +54,15 @@ class DebugRun:
     overfit_batches: int = 0
 
 
-@dataclass
-class _Progress:
-    """What a checkpoint carries besides the model, optimizer and scheduler."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """A checkpoint to continue from, read once: the caller takes its config, the trainer its state."""
 
-    train_history: list[dict] = field(default_factory=list)
-    val_history: list[dict] = field(default_factory=list)
-    best_value: float | None = None
-    top_k: list[list] = field(default_factory=list)  # [value, epoch] of kept checkpoint_epoch_<N>.pth
+    path: Path
+    state: dict
 
 
-def _rng_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                     has_gauss, cached],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_histories(run_dir: Path, progress: _Progress) -> None:
-    """Rewritten after every epoch, so a crash loses nothing already trained."""
-    logs = run_dir / "logs"
-    atomic_write_text(logs / "training_history.json", json.dumps(progress.train_history, indent=1))
-    atomic_write_text(logs / "validation_history.json", json.dumps(progress.val_history, indent=1))
-
-
-def resume_checkpoint(target: str | Path) -> Path:
+def resume_point(target: str | Path) -> ResumePoint:
     """The checkpoint to continue from: the file itself, or a run directory's last_model.pth."""
     path = Path(target)
     if not path.exists():
@@ -98,13 +70,17 @@ def resume_checkpoint(target: str | Path) -> Path:
     path = path / LAST if path.is_dir() else path
     if not path.is_file():
         raise CheckpointError(f"{target}: nothing to resume (no {LAST} in that run directory)")
-    return path
+    state = read_checkpoint(path)
+    if "run_state" not in state:
+        raise CheckpointError(f"{path}: holds no training state (an older or a best-model-only checkpoint); "
+                              "it can be evaluated but not resumed")
+    return ResumePoint(path, state)
 
 
-def wrap_model(model: torch.nn.Module, compile: bool, dist: DistInfo, device: torch.device) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, compiled: bool, dist: DistInfo, device: torch.device) -> torch.nn.Module:
     """The module the loop trains: `model` compiled and/or in DistributedDataParallel. State dicts
     are always taken from `model` itself, so checkpoints never carry the wrappers' key prefixes."""
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model) if compiled else model
     if dist.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
@@ -112,11 +88,13 @@ def wrap_model(model: torch.nn.Module, compile: bool, dist: DistInfo, device: to
 
 
 class _Trainer:
-    """One training run's state; `fit` runs the epochs. Split out of train_model for readability."""
+    """One training run: construction builds everything and writes nothing; `fit` opens the run
+    directory and runs the epochs. Split out of train_model for readability."""
 
-    def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: Path | None,
+    def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: ResumePoint | None,
                  provenance: str = "", run_dir: Path | None = None) -> None:
-        self.cfg, self.debug = cfg, debug
+        self.cfg, self.debug, self.resume = cfg, debug, resume
+        self.provenance, self.given_run_dir = provenance, run_dir
         seed_everything(cfg.training.seed)
         self.device = resolve_device(cfg.training.device)
         self.dist: DistInfo = init_distributed(self.device.type)
@@ -125,36 +103,33 @@ class _Trainer:
             torch.cuda.set_device(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-        self.settings = LoopSettings.from_config(cfg, self.device)
+        settings = LoopSettings.from_config(cfg, self.device)
+        self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
         self.data = data or load_data(cfg)
         self.model = place_model(build_model(cfg), self.device, self.settings)
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
         self._make_loaders()
         self.criterion = build_criterion(cfg, self.data.labels("train"))
-        teacher = None
+        self.teacher = None
         if cfg.distillation.teacher_checkpoint:
-            teacher, self.criterion = build_distillation(cfg, self.criterion, self.device)
+            self.teacher, self.criterion = build_distillation(cfg, self.criterion, self.device)
         self.criterion = self.criterion.to(self.device)
         self.optimizer = create_optimizer(self.model, cfg)
         steps = -(-len(self.train_loader) // cfg.training.gradient_accumulation_steps)
         self.schedule = create_scheduler(self.optimizer, cfg, self.mode, steps)
-        self.settings.progress = self.dist.is_main
-        self.settings.dist = self.dist
-        self.settings.probabilities = self.criterion.probabilities
-        self.settings.teacher = teacher
-        if not debug.overfit_batches:  # overfitting a fixed batch means seeing it unchanged
-            self.settings.augment = BatchAugmenter(cfg.augmentation, self.data.mean, self.data.std)
-        if self.schedule.per_step:
-            self.settings.batch_scheduler = self.schedule.scheduler
-        if self.settings.dtype == torch.float16:
-            self.settings.scaler = torch.amp.GradScaler("cuda")
-        self.stopper = EarlyStopping(cfg.callbacks.early_stopping_patience, cfg.callbacks.early_stopping_min_delta,
-                                     self.mode, cfg.callbacks.restore_best_weights)
-        self.progress = _Progress()
+        # overfitting a fixed batch means seeing it unchanged
+        self.augment = (None if debug.overfit_batches
+                        else BatchAugmenter(cfg.augmentation, self.data.mean, self.data.std))
+        self.scaler = torch.amp.GradScaler("cuda") if self.settings.dtype == torch.float16 else None
+        self.guard = NonFiniteGuard(self.settings.max_nonfinite_steps)
+        callbacks = cfg.callbacks
+        self.state = RunState(self.monitor, self.mode, callbacks.early_stopping_min_delta,
+                              callbacks.early_stopping_patience)
+        self.keeper = TopKCheckpoints(None, callbacks.save_top_k, self.mode)
         self.start_epoch, self.first_batch = 1, 0  # first_batch > 0: resuming inside start_epoch
+        self.run_dir: Path | None = None
         self.net = wrap_model(self.model, cfg.training.compile, self.dist, self.device)
-        self.run_dir = self._prepare_run_dir(resume, provenance, run_dir)
         if resume is not None:
             self._restore(resume)
 
@@ -181,115 +156,105 @@ class _Trainer:
             raise ConfigError(f"[Training] batch_size = {batch}: too few training images for "
                               f"{dist.world_size} processes")
 
-    def _prepare_run_dir(self, resume: Path | None, provenance: str, given: Path | None) -> Path | None:
-        """The run directory: the resumed one, the given one or a new one, holding config.ini and
-        split.csv (whose config text every checkpoint embeds; a resumed run takes it from its checkpoint)."""
-        cfg = self.cfg
+    def _open_run_dir(self) -> Path | None:
+        """The run directory: the resumed one, or the given or a new one, where config.ini and
+        split.csv are written now (whose config text every checkpoint embeds; a resumed run has it
+        from its checkpoint)."""
         if self.debug.fast_dev_run:
             return None
-        run_dir = None
+        cfg, run_dir = self.cfg, None
         if self.dist.is_main:
-            self._require_checkpoint_space(resume.parent if resume else given or Path(cfg.training.output_dir),
-                                           resume)
-            run_dir = resume.parent if resume else given or create_run_dir(
+            self._require_checkpoint_space(self.resume.path.parent if self.resume
+                                           else self.given_run_dir or Path(cfg.training.output_dir))
+            run_dir = self.resume.path.parent if self.resume else self.given_run_dir or create_run_dir(
                 cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
-            if resume:  # half-written files of a killed process
+            if self.resume:  # half-written files of a killed process
                 remove_temporaries(run_dir)
                 remove_temporaries(run_dir / "logs")
         run_dir = broadcast_object(run_dir, self.dist)
-        if resume is None:
-            header = f"Resolved configuration of run {run_dir.name}" + (f"\n{provenance}" if provenance else "")
+        if self.resume is None:
+            header = f"Resolved configuration of run {run_dir.name}" + (
+                f"\n{self.provenance}" if self.provenance else "")
             self.cfg_text = render_ini(cfg, header, documented=False)
             if self.dist.is_main:
                 atomic_write_text(run_dir / "config.ini", self.cfg_text)
                 atomic_write_with(run_dir / "split.csv", lambda h: self.data.split_table().to_csv(h, index=False),
                                   binary=False)
+        self.keeper.run_dir = run_dir
         return run_dir
 
-    def _require_checkpoint_space(self, directory: Path, resume: Path | None) -> None:
+    def _require_checkpoint_space(self, directory: Path) -> None:
         """Fail before training when the disk cannot hold the run's checkpoints: each holds the
         weights and up to two optimizer moments per weight; a new run keeps best, last and the
         top-k, and one more is being written at a time (a resumed run replaces its own)."""
         weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        files = 1 if resume else 3 + self.cfg.callbacks.save_top_k
+        files = 1 if self.resume else 3 + self.cfg.callbacks.save_top_k
         require_free_space(directory, 3 * weights * files, "this run's checkpoints ([Training] output_dir)")
 
-    def _state(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
-        """What a checkpoint holds after `epoch` (and `next_batch` batches of the next one)."""
+    def _checkpoint(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
+        """Everything an exact resume after `epoch` (and `next_batch` batches of the next one)
+        needs; the only tensors are the model's and the optimizer's."""
         return {
             "model": self.model.state_dict(), "arch": self.model.arch_name, "epoch": epoch, "metrics": metrics,
             "next_batch": next_batch,
             "config": self.cfg_text, "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.settings.scaler.state_dict() if self.settings.scaler else None,
-            "early_stopping": self.stopper.state_dict(), "rng": _rng_state(),
-            "nonfinite_streak": self.settings.nonfinite_streak,
-            "progress": {"best_value": self.progress.best_value, "top_k": self.progress.top_k},
+            "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+            "run_state": self.state.state_dict(), "top_k": self.keeper.state_dict(),
+            "nonfinite": self.guard.state_dict(), "rng": capture_rng_state(),
         }
 
-    def _restore(self, checkpoint: Path) -> None:
-        state = read_checkpoint(checkpoint)
+    def _restore(self, resume: ResumePoint) -> None:
+        state = resume.state
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
-        if self.settings.scaler and state.get("scaler"):
-            self.settings.scaler.load_state_dict(state["scaler"])
-        self.stopper.load_state_dict(state["early_stopping"])
-        self.settings.nonfinite_streak = state["nonfinite_streak"]
-        self.progress.best_value = state["progress"]["best_value"]
-        self.progress.top_k = state["progress"]["top_k"]
-        self.start_epoch, self.first_batch = state["epoch"] + 1, state.get("next_batch", 0)
-        logs = checkpoint.parent / "logs"
-        for name, history in (("training_history.json", self.progress.train_history),
-                              ("validation_history.json", self.progress.val_history)):
-            path = logs / name
-            if path.is_file():
-                history.extend(h for h in json.loads(path.read_text()) if h["epoch"] < self.start_epoch)
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.state.load_state_dict(state["run_state"])
+        self.keeper.load_state_dict(state["top_k"])
+        self.guard.load_state_dict(state["nonfinite"])
+        self.start_epoch, self.first_batch = state["epoch"] + 1, state["next_batch"]
         self.cfg_text = state["config"]
-        _set_rng_state(state["rng"])
-        logger.info(f"Resuming {checkpoint.parent} after epoch {state['epoch']}"
+        restore_rng_state(state["rng"])
+        logger.info(f"Resuming {resume.path.parent} after epoch {state['epoch']}"
                     + (f" and {self.first_batch} batches of the next" if self.first_batch else ""))
 
-    def _save_checkpoints(self, epoch: int, value: float, metrics: dict, loggers) -> None:
-        run_dir, progress, k = self.run_dir, self.progress, self.cfg.callbacks.save_top_k
-        state = self._state(epoch, metrics)
-        if is_improvement(value, progress.best_value, self.mode):
-            progress.best_value = value
-            state["progress"]["best_value"] = value
-            save_checkpoint(run_dir / BEST, state)
+    def _write_epoch(self, epoch: int, improved: bool, loggers) -> None:
+        """Histories, then checkpoints: rewritten after every epoch, so a crash loses nothing already trained."""
+        run_dir, metrics = self.run_dir, self.state.val_history[-1]
+        logs = run_dir / "logs"
+        atomic_write_text(logs / "training_history.json", json.dumps(self.state.train_history, indent=1))
+        atomic_write_text(logs / "validation_history.json", json.dumps(self.state.val_history, indent=1))
+        loggers.log_epoch(epoch, {**self.state.train_history[-1], **metrics})
+        top_k_path = self.keeper.offer(metrics[self.monitor], epoch)
+        checkpoint = self._checkpoint(epoch, metrics)
+        if improved:
+            save_checkpoint(run_dir / BEST, checkpoint)
             loggers.log_best_checkpoint(run_dir / BEST, epoch, metrics)
-        if k > 0 and value == value:
-            progress.top_k.append([value, epoch])
-            progress.top_k.sort(key=lambda item: item[0], reverse=self.mode == "max")
-            for _, dropped in progress.top_k[k:]:
-                (run_dir / f"checkpoint_epoch_{dropped}.pth").unlink(missing_ok=True)
-            progress.top_k = progress.top_k[:k]
-            if [value, epoch] in progress.top_k:
-                save_checkpoint(run_dir / f"checkpoint_epoch_{epoch}.pth", state)
-            state["progress"]["top_k"] = progress.top_k
-        save_checkpoint(run_dir / LAST, state)
+        if top_k_path is not None:
+            save_checkpoint(top_k_path, checkpoint)
+        save_checkpoint(run_dir / LAST, checkpoint)
 
-    def _run_epoch(self, epoch: int, last_epoch: int, tracker: MetricsTracker, loggers,
-                   on_epoch_end: Callable[[int, dict], None] | None) -> bool:
-        """Train, validate, record and checkpoint one epoch; True when training should stop."""
+    def _run_epoch(self, epoch: int, last_epoch: int, loggers, stop: threading.Event,
+                   on_epoch_end: Callable[[int, dict], None] | None) -> None:
+        """Train, validate, record and checkpoint one epoch."""
         first = self.first_batch if epoch == self.start_epoch else 0
         self.train_loader.batch_sampler.set_epoch(epoch, first)
         try:
-            train_metrics = train_epoch(self.net, self.train_loader, self.criterion, self.optimizer, self.device,
-                                        epoch, self.settings)
-        except StepInterrupted as stop:
-            self._save_interrupted(epoch, first + stop.batches)
-        val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings)
+            train_metrics = train_epoch(
+                self.net, self.train_loader, self.criterion, self.optimizer, self.device, epoch, self.settings,
+                scaler=self.scaler, batch_scheduler=self.schedule.scheduler if self.schedule.per_step else None,
+                augment=self.augment, teacher=self.teacher, probabilities=self.criterion.probabilities,
+                guard=self.guard, stop=stop)
+        except StepInterrupted as interrupted:
+            self._save_interrupted(epoch, first + interrupted.batches)
+        val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings,
+                                     probabilities=self.criterion.probabilities)
+        improved = self.state.record(train_metrics, val_metrics)
         value = val_metrics[self.monitor]  # a published name: the config's validation checked it
-        self.progress.train_history.append(train_metrics)
-        self.progress.val_history.append(val_metrics)
-        tracker.update({**train_metrics, **val_metrics})
-        should_stop = self.stopper.step(value, epoch, self.model)
         self.schedule.step_epoch(value)
         if self.run_dir is not None and self.dist.is_main:
-            _write_histories(self.run_dir, self.progress)
-            loggers.log_epoch(epoch, {**train_metrics, **val_metrics})
-            self._save_checkpoints(epoch, value, val_metrics, loggers)
+            self._write_epoch(epoch, improved, loggers)
         if self.dist.is_main:
             logger.info(f"epoch {epoch}/{last_epoch}  loss {train_metrics['train_loss']:.4f}  "
                         f"val_loss {val_metrics['val_loss']:.4f}  {self.monitor} {value:.4f}  "
@@ -297,20 +262,25 @@ class _Trainer:
                         f"{train_metrics['images_per_second']:.1f} img/s")
         if on_epoch_end is not None:
             on_epoch_end(epoch, {**train_metrics, **val_metrics})
-        if should_stop:
-            logger.info(f"Early stopping: no {self.monitor} improvement for {self.stopper.bad_epochs} epochs")
-        return should_stop
+
+    def _load_best_weights(self) -> None:
+        """[Callbacks] restore_best_weights: the model ends with best_model.pth's weights."""
+        best = self.state.best_epoch
+        if self.run_dir is None or not self.dist.is_main or best in (None, self.state.val_history[-1]["epoch"]):
+            return  # nothing written, or the model already holds the best weights
+        self.model.load_state_dict(read_checkpoint(self.run_dir / BEST)["model"])
+        logger.info(f"Restored the weights of epoch {best} (best {self.monitor})")
 
     def _save_interrupted(self, epoch: int, batches: int) -> None:
         """Checkpoint the middle of `epoch` (its val metrics are the last epoch's) and stop."""
-        metrics = self.progress.val_history[-1] if self.progress.val_history else {}
-        save_checkpoint(self.run_dir / LAST, self._state(epoch - 1, metrics, next_batch=batches))
+        metrics = self.state.val_history[-1] if self.state.val_history else {}
+        save_checkpoint(self.run_dir / LAST, self._checkpoint(epoch - 1, metrics, next_batch=batches))
         raise TrainingInterrupted(f"Interrupted after batch {batches} of epoch {epoch}; "
                                   f"saved {self.run_dir / LAST}", self.run_dir)
 
     def fit(self, on_epoch_end: Callable[[int, dict], None] | None) -> TrainResult:
-        cfg, tracker = self.cfg, MetricsTracker([{**t, **v} for t, v in zip(self.progress.train_history,
-                                                                              self.progress.val_history)])
+        cfg = self.cfg
+        self.run_dir = self._open_run_dir()
         last_epoch = 1 if self.debug.fast_dev_run else cfg.training.n_epochs
         if self.dist.is_main:
             logger.info(f"Run {self.run_dir or '(fast dev run: nothing written)'}: "
@@ -325,37 +295,41 @@ class _Trainer:
         with create_loggers(cfg, self.run_dir, resume=self.start_epoch > 1 or self.first_batch > 0,
                             enabled=writes) as loggers, \
                 stop_requests(enabled=interruptible) as stop:
-            self.settings.stop = stop
             for epoch in range(self.start_epoch, last_epoch + 1):
                 if stop.is_set():
                     raise TrainingInterrupted(f"Interrupted after epoch {epoch - 1}; saved {self.run_dir / LAST}",
                                               self.run_dir)
-                if self._run_epoch(epoch, last_epoch, tracker, loggers, on_epoch_end):
+                self._run_epoch(epoch, last_epoch, loggers, stop, on_epoch_end)
+                if self.state.should_stop:
+                    logger.info(f"Early stopping: no {self.monitor} improvement for "
+                                f"{self.state.epochs_without_improvement} epochs")
                     break
-            best = tracker.best(self.monitor, self.mode) or tracker.history[-1]
+            best = self.state.best_metrics()
             if writes and not (self.run_dir / BEST).exists():
                 # The monitored metric was never defined: the last epoch stands in as the best.
-                save_checkpoint(self.run_dir / BEST, self._state(int(best["epoch"]), self.progress.val_history[-1]))
-                loggers.log_best_checkpoint(self.run_dir / BEST, int(best["epoch"]), self.progress.val_history[-1])
-        if cfg.callbacks.restore_best_weights and self.stopper.restore(self.model):
-            logger.info(f"Restored the weights of epoch {self.stopper.best_epoch} (best {self.monitor})")
+                save_checkpoint(self.run_dir / BEST, self._checkpoint(int(best["epoch"]), best))
+                loggers.log_best_checkpoint(self.run_dir / BEST, int(best["epoch"]), best)
+        if cfg.callbacks.restore_best_weights:
+            self._load_best_weights()
         return TrainResult(run_dir=self.run_dir, best_epoch=int(best["epoch"]),
                            best_metrics={k: v for k, v in best.items() if k.startswith("val_")},
-                           history=tracker.history, is_main=self.dist.is_main)
+                           model=self.model, is_main=self.dist.is_main)
 
 
 def train_model(cfg: Config, data: DataBundle | None = None,
                 on_epoch_end: Callable[[int, dict], None] | None = None, provenance: str = "",
-                resume: str | Path | None = None, debug: DebugRun = DebugRun(),
+                resume: str | Path | ResumePoint | None = None, debug: DebugRun = DebugRun(),
                 run_dir: Path | None = None) -> TrainResult:
     """Train per `cfg` in a new run directory (or the empty `run_dir` given), or continue the run of
-    `resume` in place.
+    `resume` (a run directory, a checkpoint, or a ResumePoint already read) in place.
 
     `data` lets callers (hyperopt) reuse loaded data; `on_epoch_end(epoch, metrics)` is called after
     each epoch's checkpoints are written and may raise to stop training (e.g. optuna.TrialPruned);
     `provenance` is added to the header of the run's config.ini (e.g. which values a study chose).
     """
-    trainer = _Trainer(cfg, data, debug, resume_checkpoint(resume) if resume else None, provenance, run_dir)
+    if resume is not None and not isinstance(resume, ResumePoint):
+        resume = resume_point(resume)
+    trainer = _Trainer(cfg, data, debug, resume, provenance, run_dir)
     try:
         return trainer.fit(on_epoch_end)
     except OutputError as exc:

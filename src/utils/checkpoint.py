@@ -3,6 +3,7 @@ read with torch.load(weights_only=True), so loading one never runs code."""
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,19 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.config.loader import apply_overrides, config_from_text, get_value
-from src.config.schema import Config
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_with
 
-CHECKPOINT_FORMAT = 1
-# Keys of the current config that apply when re-using a trained model: where and how to compute,
-# not what the model is or how its inputs were prepared (those come from the checkpoint).
-RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last", "Training.num_workers",
-                "Training.compile", "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
-                "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Evaluation.bootstrap_samples",
-                "Evaluation.bootstrap_seed", "Evaluation.calibrate", "Evaluation.tta", "Evaluation.ensemble_average",
-                "Logging.log_dir")
+CHECKPOINT_FORMAT = 2  # 2: the run's state in "run_state", no second copy of the weights
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -51,12 +43,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's weights into `model`; refuse one of another architecture.
-
-    Returns the whole checkpoint dict (epoch, metrics, config text, ...).
-    """
-    state = read_checkpoint(path)
+def load_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """Load the weights of a checkpoint already read (from `path`) into `model`; refuse another architecture."""
     arch = getattr(model, "arch_name", None)
     if arch is not None and state["arch"] != arch:
         raise CheckpointError(
@@ -67,10 +55,41 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights into `model`; refuse one of another architecture.
+
+    Returns the whole checkpoint dict (epoch, metrics, config text, ...).
+    """
+    state = read_checkpoint(path)
+    load_weights(model, state, path)
     return state
 
 
-def checkpoint_config(state: dict[str, Any], current: Config, path: str | Path) -> Config:
-    """The config a checkpoint was trained with, with `current`'s runtime keys (device, ...)."""
-    trained = config_from_text(state["config"], f"{path} (embedded config)")
-    return apply_overrides(trained, {key: get_value(current, key) for key in RUNTIME_KEYS}, f"{path}")
+class TopKCheckpoints:
+    """Keeps checkpoint_epoch_<N>.pth of the `k` best epochs by the monitored value, deleting the rest."""
+
+    def __init__(self, run_dir: Path | None, k: int, mode: str) -> None:
+        self.run_dir, self.k, self.mode = run_dir, k, mode
+        self.kept: list[list] = []  # [value, epoch], best first
+
+    def offer(self, value: float, epoch: int) -> Path | None:
+        """Rank this epoch, delete the files that drop out; the path to write its checkpoint to, or None."""
+        if self.k == 0 or math.isnan(value):
+            return None
+        self.kept.append([value, epoch])
+        self.kept.sort(key=lambda item: item[0], reverse=self.mode == "max")
+        for _, dropped in self.kept[self.k:]:
+            self.path(dropped).unlink(missing_ok=True)
+        self.kept = self.kept[:self.k]
+        return self.path(epoch) if [value, epoch] in self.kept else None
+
+    def path(self, epoch: int) -> Path:
+        return self.run_dir / f"checkpoint_epoch_{epoch}.pth"
+
+    def state_dict(self) -> dict:
+        return {"kept": self.kept}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kept = [list(item) for item in state["kept"]]
