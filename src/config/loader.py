@@ -23,7 +23,7 @@ from src.config.schema import (
     section_fields,
     section_names,
 )
-from src.utils.errors import ConfigError
+from src.utils.errors import ConfigError, first_line
 
 ENV_PREFIX = "CSI_"
 _TRUE = {"true", "yes", "on", "1"}
@@ -153,7 +153,7 @@ def read_ini_text(text: str, origin: str) -> dict[tuple[str, str], tuple[str, st
     try:
         parser.read_string(text, source=origin)
     except configparser.Error as exc:
-        raise ConfigError(f"{origin}: not a valid INI file: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{origin}: not a valid INI file: {first_line(exc)}") from None
     values: dict[tuple[str, str], tuple[str, str]] = {}
     seen_sections: dict[str, str] = {}
     for raw_section in parser.sections():
@@ -167,7 +167,7 @@ def read_ini_text(text: str, origin: str) -> dict[tuple[str, str], tuple[str, st
             try:
                 values[(section, name)] = (parser[raw_section][raw_key], where)
             except configparser.Error as exc:
-                raise ConfigError(f"{where}: {str(exc).splitlines()[0]}") from None
+                raise ConfigError(f"{where}: {first_line(exc)}") from None
     return values
 
 

@@ -26,7 +26,7 @@ from src.optimization.search_space import suggest
 from src.optimization.study import study_dir, worker_id
 from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
 from src.training.trainer import train_model
-from src.utils.errors import ConfigError, TrainingDiverged, TrialFailed
+from src.utils.errors import ConfigError, TrainingDiverged, TrialFailed, first_line
 from src.utils.run_dir import create_run_dir
 
 
@@ -141,7 +141,7 @@ class Objective:
         except RuntimeError as exc:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(exc):
                 raise
-            failure = f"out of memory: {str(exc).splitlines()[0]}"
+            failure = f"out of memory: {first_line(exc)}"
         if failure is not None:
             if not any(path.is_file() for path in trial_dir.rglob("*")):  # refused before writing anything
                 shutil.rmtree(trial_dir, ignore_errors=True)

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.config.schema import Config
 from src.optimization.study import study_dir
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.io import atomic_write_csv, atomic_write_text
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
 _SUMMARY_ROWS = 10
@@ -99,7 +99,7 @@ def write_report(study: optuna.Study, cfg: Config) -> Path:
     """Write best_params.json (once a trial has completed), trials.csv and the plots; returns their folder."""
     out = study_dir(cfg)
     table = trials_table(study)
-    atomic_write_with(out / "trials.csv", lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(out / "trials.csv", table)
     payload = best_params(study)
     if payload is not None:
         atomic_write_text(out / "best_params.json", json.dumps(payload, indent=2) + "\n")

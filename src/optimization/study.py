@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from src.config.schema import Config, HyperoptConfig
 from src.optimization.search_space import grid
-from src.utils.errors import ConfigError
+from src.utils.errors import ConfigError, first_line
 
 HEARTBEAT_S = 10  # database workers mark their running trial alive this often...
 GRACE_S = 60  # ...and a trial not marked for this long belongs to a dead worker
@@ -93,8 +93,7 @@ def open_storage(cfg: Config, create: bool = True) -> BaseStorage:
         except (ImportError, ValueError, sqlalchemy.exc.SQLAlchemyError) as exc:
             error = exc
             break
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise ConfigError(f"[Hyperopt] storage = {display_location(cfg)}: cannot open it: {reason}")
+    raise ConfigError(f"[Hyperopt] storage = {display_location(cfg)}: cannot open it: {first_line(error)}")
 
 
 class TrialSeededSampler(BaseSampler):

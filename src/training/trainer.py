@@ -28,7 +28,7 @@ from src.utils.device import resolve_device
 from src.utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown
 from src.utils.errors import CheckpointError, ConfigError, OutputError, TrainingInterrupted
 from src.utils.interrupt import stop_requests
-from src.utils.io import atomic_write_text, atomic_write_with, remove_temporaries, require_free_space
+from src.utils.io import atomic_write_csv, atomic_write_text, remove_temporaries, require_free_space
 from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, create_run_dir
 from src.utils.seed import capture_rng_state, restore_rng_state, seed_everything
@@ -178,8 +178,7 @@ class _Trainer:
             self.cfg_text = render_ini(cfg, header, documented=False)
             if self.dist.is_main:
                 atomic_write_text(run_dir / "config.ini", self.cfg_text)
-                atomic_write_with(run_dir / "split.csv", lambda h: self.data.split_table().to_csv(h, index=False),
-                                  binary=False)
+                atomic_write_csv(run_dir / "split.csv", self.data.split_table())
         self.keeper.run_dir = run_dir
         return run_dir
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.utils.errors import CheckpointError
+from src.utils.errors import CheckpointError, first_line
 from src.utils.io import atomic_write_with
 
 CHECKPOINT_FORMAT = 2  # 2: the run's state in "run_state", no second copy of the weights
@@ -36,8 +36,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                 raise zipfile.BadZipFile(f"entry {damaged} fails its CRC check")
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable CSI-Predictor checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable CSI-Predictor checkpoint ({first_line(exc)})") from None
     if not isinstance(state, dict) or not {"model", "arch", "config"} <= set(state):
         raise CheckpointError(f"{path}: not a CSI-Predictor checkpoint (no model/arch/config entries)")
     return state
@@ -54,7 +53,7 @@ def load_weights(model: nn.Module, state: dict[str, Any], path: str | Path) -> N
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not fit this model ({first_line(exc)})") from None
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> dict[str, Any]:

@@ -1,6 +1,12 @@
 """Errors a user can act on: the CLI prints their message on one line and exits 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CSIError(Exception):
     """Base of every error caused by the user's input (config, labels, images, checkpoints)."""
 

@@ -68,6 +68,11 @@ def atomic_write_with(path: str | Path, write: Callable[[IO], None], binary: boo
         write(handle)
 
 
+def atomic_write_csv(path: str | Path, table) -> None:
+    """Atomically write the DataFrame `table` to `path` as CSV, without its index."""
+    atomic_write_with(path, lambda handle: table.to_csv(handle, index=False), binary=False)
+
+
 def require_free_space(directory: str | Path, needed: int, what: str) -> None:
     """Refuse to start writing `needed` bytes of `what` under `directory` (which may not exist yet)
     when its filesystem has less free space."""
