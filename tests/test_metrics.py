@@ -30,6 +30,8 @@ from src.training.metrics import (
     expected_scores,
 )
 
+AHF = {"ahf_low": 1.3, "ahf_high": 2.2}  # the shipped [Evaluation] thresholds
+
 # Zones: right_sup, left_sup, right_mid, left_mid, right_inf, left_inf.
 HAND_TRUE = np.array([
     [0, 0, 1, 1, 4, 4],  # CSI 2/4 = 0.5
@@ -84,14 +86,15 @@ def test_hand_example_csi_and_ahf():
     assert csi["csi_n_undefined_pred"] == 0
 
     # Thresholds are inclusive: exactly 1.3 is low, exactly 2.2 is medium.
-    assert ahf_class(np.array([0.0, 1.3, 1.31, 2.2, 2.21, 3.0])).tolist() == [0, 0, 1, 1, 2, 2]
+    assert ahf_class(np.array([0.0, 1.3, 1.31, 2.2, 2.21, 3.0]), 1.3, 2.2).tolist() == [0, 0, 1, 1, 2, 2]
     # True 0.5 low, 2.2 medium, 2.5 high; predicted 0.6 low, 2.2 medium, 2.75 high.
-    assert compute_ahf_classification_metrics(HAND_TRUE, HAND_PRED) == {"ahf_accuracy": 1.0, "ahf_f1_macro": 1.0}
+    assert compute_ahf_classification_metrics(HAND_TRUE, HAND_PRED, 1.3, 2.2) == {"ahf_accuracy": 1.0,
+                                                                                  "ahf_f1_macro": 1.0}
     # With low=0.5 the first target (0.5) stays low but its prediction (0.6) becomes medium:
     # F1 low 0, medium 2/3, high 1.
-    metrics = compute_ahf_classification_metrics(HAND_TRUE, HAND_PRED, low=0.5)
+    metrics = compute_ahf_classification_metrics(HAND_TRUE, HAND_PRED, low=0.5, high=2.2)
     assert metrics == pytest.approx({"ahf_accuracy": 2 / 3, "ahf_f1_macro": 5 / 9})
-    matrix = ahf_confusion_matrix(HAND_TRUE, HAND_PRED, low=0.5)
+    matrix = ahf_confusion_matrix(HAND_TRUE, HAND_PRED, low=0.5, high=2.2)
     assert matrix.tolist() == [[0, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert matrix.shape == (len(AHF_CLASSES),) * 2
 
@@ -160,7 +163,7 @@ def test_perfect_prediction_scores_perfectly_despite_unknown_targets():
     # Regression test for the legacy cap: counting Unknown as a class held macro F1 at 0.8.
     y_true, _ = _random(4)
     assert 0.05 < np.mean(y_true == UNKNOWN) < 0.15
-    metrics = compute_all_metrics(y_true, y_true.copy())
+    metrics = compute_all_metrics(y_true, y_true.copy(), **AHF)
     for key in ["f1_macro", "f1_weighted", "qwk", "accuracy", "precision_macro", "recall_macro", "ahf_accuracy"]:
         assert metrics[key] == 1.0, key
     assert all(metrics[f"f1_macro_{zone}"] == 1.0 for zone in ZONES)
@@ -218,26 +221,26 @@ def test_csi_drops_undefined_targets_and_falls_back_on_probabilities():
 def test_no_known_target_gives_nan_not_an_error():
     y_true = np.full((4, 6), UNKNOWN)
     y_pred = np.array([[0, 1, 2, 3, 4, 4]] * 4)
-    metrics = compute_all_metrics(y_true, y_pred, probs=np.full((4, 6, 5), 0.2))
+    metrics = compute_all_metrics(y_true, y_pred, probs=np.full((4, 6, 5), 0.2), **AHF)
     assert all(type(value) is float for value in metrics.values())
     json.dumps(metrics)
     assert metrics["unknown_recall"] == pytest.approx(2 / 6)  # two of the six zones predicted Unknown
     defined = {"unknown_recall", "csi_n_undefined_pred"}
     assert all(np.isnan(value) for key, value in metrics.items() if key not in defined)
     assert confusion_matrices(y_true, y_pred)["overall"][UNKNOWN].sum() == 24
-    assert ahf_confusion_matrix(y_true, y_pred).sum() == 0
+    assert ahf_confusion_matrix(y_true, y_pred, 1.3, 2.2).sum() == 0
 
 
 def test_rejects_malformed_input():
     good = np.zeros((2, 6), dtype=int)
     with pytest.raises(ValueError, match="shape"):
-        compute_all_metrics(good, np.zeros((2, 5), dtype=int))
+        compute_all_metrics(good, np.zeros((2, 5), dtype=int), **AHF)
     with pytest.raises(ValueError, match="0-4"):
-        compute_all_metrics(good, good + 5)
+        compute_all_metrics(good, good + 5, **AHF)
     with pytest.raises(ValueError, match="probs"):
-        compute_all_metrics(good, good, probs=np.zeros((2, 6, 4)))
+        compute_all_metrics(good, good, probs=np.zeros((2, 6, 4)), **AHF)
     with pytest.raises(ValueError, match="NaN"):
-        ahf_class(np.array([np.nan]))
+        ahf_class(np.array([np.nan]), 1.3, 2.2)
 
 
 def test_weights_count_each_image_as_often_as_repeating_it():
@@ -245,10 +248,10 @@ def test_weights_count_each_image_as_often_as_repeating_it():
     y_true, y_pred = _random(5, n=40)
     probs = np.random.default_rng(5).dirichlet(np.ones(5), (40, 6))
     counts = np.random.default_rng(6).multinomial(40, np.ones(40) / 40, size=3)
-    weighted = compute_all_metrics(y_true, y_pred, probs, weights=counts)
+    weighted = compute_all_metrics(y_true, y_pred, probs, weights=counts, **AHF)
     for b, row in enumerate(counts):
         copies = np.repeat(np.arange(40), row)
-        expected = compute_all_metrics(y_true[copies], y_pred[copies], probs[copies])
+        expected = compute_all_metrics(y_true[copies], y_pred[copies], probs[copies], **AHF)
         for key, value in expected.items():
             assert weighted[key][b] == pytest.approx(value, nan_ok=True), key
 
@@ -257,7 +260,7 @@ def test_published_names_are_what_an_epoch_reports():
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 5, (20, 6)), rng.integers(0, 5, (20, 6))
     probs = rng.dirichlet(np.ones(5), (20, 6))
-    assert sorted(compute_all_metrics(y_true, y_pred, probs)) == sorted(METRIC_NAMES)
+    assert sorted(compute_all_metrics(y_true, y_pred, probs, **AHF)) == sorted(METRIC_NAMES)
     assert len(set(METRIC_NAMES)) == len(METRIC_NAMES)
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 30), torch.nn.Unflatten(1, (6, 5)))
@@ -274,6 +277,6 @@ def test_classification_from_summed_confusion_counts_matches_the_label_arrays():
     for batch in range(0, 40, 8):  # summed batch by batch, as train_epoch does
         counts += np.bincount((y_true[batch:batch + 8] * 5 + y_pred[batch:batch + 8]).ravel(), minlength=25)
     from_counts = classification_from_confusion(counts.reshape(5, 5))
-    expected = compute_all_metrics(y_true, y_pred)
+    expected = compute_all_metrics(y_true, y_pred, **AHF)
     for name in ("f1_macro", "f1_weighted", "precision_macro", "recall_macro", "accuracy"):
         assert from_counts[name] == pytest.approx(expected[name])

@@ -133,7 +133,7 @@ def evaluate_ensemble(cfg: Config, checkpoints: Sequence[Path], out: Path,
         first = members[0]
         combined = Predictions(first.file_ids, combine_probabilities([m.probs for m in members], method),
                                first.targets, float("nan"))
-        results[split] = {name: compute_all_metrics(m.targets, m.probs.argmax(-1), m.probs, low, high)
+        results[split] = {name: compute_all_metrics(m.targets, m.probs.argmax(-1), m.probs, ahf_low=low, ahf_high=high)
                           for name, m in zip(names, members)}
         results[split][ENSEMBLE], _ = write_split_outputs(out, split, combined, low, high)
         units = resampling_units(first.file_ids, table.loc[first.file_ids, "PatientID"].tolist()

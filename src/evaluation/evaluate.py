@@ -98,7 +98,7 @@ def write_split_outputs(out: Path, split: str, pred: Predictions, low: float,
     """Metrics of one split's predictions; writes predictions_<split>.csv and its confusion matrices
     (whose paths are returned) to `out`."""
     y_pred = pred.probs.argmax(-1)
-    metrics = compute_all_metrics(pred.targets, y_pred, pred.probs, low, high)
+    metrics = compute_all_metrics(pred.targets, y_pred, pred.probs, ahf_low=low, ahf_high=high)
     table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
     atomic_write_with(out / f"predictions_{split}.csv", lambda h: table.to_csv(h, index=False), binary=False)
     matrices = confusion_matrices(pred.targets, y_pred)

@@ -104,7 +104,7 @@ def summarise(cfg: Config, out: Path, n_folds: int) -> CVResult:
     atomic_write_with(out / OOF_CSV, lambda h: oof.to_csv(h, index=False), binary=False)
     file_ids, targets, _, probs = predictions_arrays(oof)
     low, high = cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold
-    oof_metrics = compute_all_metrics(targets, probs.argmax(-1), probs, low, high)
+    oof_metrics = compute_all_metrics(targets, probs.argmax(-1), probs, ahf_low=low, ahf_high=high)
     splits = [s for s in ("val", "test") if all(s in m for m in folds.values())]  # no test split: val only
     mean, std = {}, {}
     for split in splits:

@@ -287,8 +287,10 @@ def compute_csi_average_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: n
     return _finish(metrics, weights)
 
 
-def ahf_class(csi: np.ndarray, low: float = 1.3, high: float = 2.2) -> np.ndarray:
-    """AHF class of each CSI: 0 low (csi <= low), 1 medium (csi <= high), 2 high (csi > high)."""
+def ahf_class(csi: np.ndarray, low: float, high: float) -> np.ndarray:
+    """AHF class of each CSI: 0 low (csi <= low), 1 medium (csi <= high), 2 high (csi > high).
+
+    The thresholds are [Evaluation] ahf_low_threshold and ahf_high_threshold: every caller passes them."""
     csi = np.asarray(csi, dtype=float)
     if low >= high:
         raise ValueError(f"AHF thresholds need low < high, got low={low}, high={high}")
@@ -310,8 +312,8 @@ def _ahf_confusions(y_true: np.ndarray, y_pred: np.ndarray, low: float, high: fl
 def compute_ahf_classification_metrics(
     y_true: np.ndarray,
     y_pred: np.ndarray,
-    low: float = 1.3,
-    high: float = 2.2,
+    low: float,
+    high: float,
     probs: np.ndarray | None = None,
     weights: np.ndarray | None = None,
 ) -> dict:
@@ -323,8 +325,8 @@ def compute_ahf_classification_metrics(
 def ahf_confusion_matrix(
     y_true: np.ndarray,
     y_pred: np.ndarray,
-    low: float = 1.3,
-    high: float = 2.2,
+    low: float,
+    high: float,
     probs: np.ndarray | None = None,
 ) -> np.ndarray:
     """[3, 3] counts of AHF classes, rows true and columns predicted, in `AHF_CLASSES` order."""
@@ -342,8 +344,9 @@ def compute_all_metrics(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     probs: np.ndarray | None = None,
-    ahf_low: float = 1.3,
-    ahf_high: float = 2.2,
+    *,
+    ahf_low: float,
+    ahf_high: float,
     weights: np.ndarray | None = None,
 ) -> dict:
     """Every metric of this module in one flat dict: plain floats (NaN where undefined), or arrays [B]
