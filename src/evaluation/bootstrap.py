@@ -66,7 +66,7 @@ def metric_intervals(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray |
                      ) -> dict[str, tuple[float, float]]:
     """Bootstrap interval of every metric of compute_all_metrics."""
     weights = resample_weights(units, settings)
-    replicates = compute_all_metrics(y_true, y_pred, probs, ahf_low, ahf_high, weights=weights)
+    replicates = compute_all_metrics(y_true, y_pred, probs, ahf_low=ahf_low, ahf_high=ahf_high, weights=weights)
     return {name: percentile_interval(values, settings.level) for name, values in replicates.items()}
 
 

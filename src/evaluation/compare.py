@@ -94,8 +94,9 @@ def paired_differences(a: RunPredictions, b: RunPredictions, units: np.ndarray, 
                        ahf: tuple[float, float]) -> pd.DataFrame:
     """Each headline metric of A and B, the difference B - A with its bootstrap interval and p-value."""
     weights = resample_weights(units, settings)
-    observed = [compute_all_metrics(r.targets, r.y_pred, r.probs, *ahf) for r in (a, b)]
-    replicates = [compute_all_metrics(r.targets, r.y_pred, r.probs, *ahf, weights=weights) for r in (a, b)]
+    observed = [compute_all_metrics(r.targets, r.y_pred, r.probs, ahf_low=ahf[0], ahf_high=ahf[1]) for r in (a, b)]
+    replicates = [compute_all_metrics(r.targets, r.y_pred, r.probs, ahf_low=ahf[0],
+                                      ahf_high=ahf[1], weights=weights) for r in (a, b)]
     rows = []
     for name in HEADLINE_METRICS:
         diff = paired_difference(replicates[0][name], replicates[1][name], observed[1][name] - observed[0][name],
