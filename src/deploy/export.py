@@ -24,7 +24,7 @@ from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_
 from src.evaluation.calibration import fitted_tta
 from src.models.factory import load_trained_model
 from src.training.loss import probabilities_for
-from src.utils.errors import ExportError
+from src.utils.errors import ExportError, first_line
 from src.utils.io import atomic_write_with
 from src.utils.logging import logger
 
@@ -116,8 +116,7 @@ def write_exported(scoring: nn.Module, fmt: str, image_size: int, metadata: dict
     try:
         data = to_bytes(scoring, inputs[0], json.dumps(metadata))
     except Exception as exc:  # the exporters raise many types; each means this model cannot be exported
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ExportError(f"{what} cannot be exported to {fmt} ({first})") from exc
+        raise ExportError(f"{what} cannot be exported to {fmt} ({first_line(exc)})") from exc
     difference = largest_difference(scoring, runner(data), inputs)
     if not difference <= TOLERANCE:
         raise ExportError(f"{what}: the {fmt} export differs from PyTorch by {difference:.2e} "

@@ -17,8 +17,8 @@ from src.data.preprocess import from_storage
 from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, data_config_for, parse_metadata
 from src.evaluation.calibration import apply_temperature
 from src.evaluation.predictions import predictions_table
-from src.utils.errors import ExportError
-from src.utils.io import atomic_write_with
+from src.utils.errors import ExportError, first_line
+from src.utils.io import atomic_write_csv
 
 
 def open_onnx_model(path: str | Path):
@@ -31,7 +31,7 @@ def open_onnx_model(path: str | Path):
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable models
-        raise ExportError(f"{path}: not a readable ONNX model ({str(exc).strip().splitlines()[0]})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
     metadata = parse_metadata(session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), str(path))
     return session, metadata
 
@@ -60,5 +60,5 @@ def predict_with_onnx(cfg: Config, model_path: str | Path, source: str | Path, o
         probs = apply_temperature(probs, calibration_temperature(metadata, model_path))
     table = predictions_table(usable["FileID"].tolist(), probs, None,
                               cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold)
-    atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(Path(output), table)
     return table

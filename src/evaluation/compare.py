@@ -28,7 +28,7 @@ from src.evaluation.stat_plots import plot_differences
 from src.reporting.html import Image, KeyValues, Report, Table, Text
 from src.training.metrics import HEADLINE_METRICS, compute_all_metrics
 from src.utils.errors import CSIError
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.io import atomic_write_csv, atomic_write_text
 
 
 @dataclass
@@ -143,7 +143,7 @@ def write_comparison(comparison: Comparison, settings: BootstrapSettings, out: P
              out / "report.html"]
     atomic_write_text(files[0], json.dumps(document, indent=1))
     for frame, path in ((comparison.differences, files[1]), (comparison.mcnemar, files[2])):
-        atomic_write_with(path, lambda h, f=frame: f.to_csv(h, index=False), binary=False)
+        atomic_write_csv(path, frame)
     plot_differences(comparison.differences, f"B - A  (A = {comparison.a.name}, B = {comparison.b.name})", files[3])
     comparison_report(comparison, settings, files[3]).write(files[4])
     return files

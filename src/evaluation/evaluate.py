@@ -28,7 +28,7 @@ from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_
 from src.utils.checkpoint import save_checkpoint
 from src.utils.device import resolve_device
 from src.utils.errors import CheckpointError
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.io import atomic_write_csv, atomic_write_text
 from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, find_latest_run
 
@@ -100,7 +100,7 @@ def write_split_outputs(out: Path, split: str, pred: Predictions, low: float,
     y_pred = pred.probs.argmax(-1)
     metrics = compute_all_metrics(pred.targets, y_pred, pred.probs, ahf_low=low, ahf_high=high)
     table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
-    atomic_write_with(out / f"predictions_{split}.csv", lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(out / f"predictions_{split}.csv", table)
     matrices = confusion_matrices(pred.targets, y_pred)
     panels = {"zones": ({z: matrices[z] for z in ZONES}, CLASS_NAMES, "zones"),
               "overall": ({"all zones": matrices["overall"]}, CLASS_NAMES, "overall"),

@@ -11,7 +11,7 @@ from src.data.zones import ZONES
 from src.evaluation.predict import prepare_scoring, score_dataset
 from src.evaluation.saliency import write_saliency_figures
 from src.reporting.html import Gallery, LinkedImage, Report, Table, Text
-from src.utils.io import atomic_write_with
+from src.utils.io import atomic_write_csv
 
 
 def explain_images(cfg: Config, checkpoint: str | Path, source: str | Path, output_dir: str | Path) -> pd.DataFrame:
@@ -20,7 +20,7 @@ def explain_images(cfg: Config, checkpoint: str | Path, source: str | Path, outp
     out = Path(output_dir)
     model, trained_cfg, dataset, temperature = prepare_scoring(cfg, checkpoint, source)
     pred, table = score_dataset(model, trained_cfg, dataset, temperature)
-    atomic_write_with(out / "predictions.csv", lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(out / "predictions.csv", table)
     paths = write_saliency_figures(model, dataset, list(range(len(dataset))), pred.probs, out)
     shown = table[["FileID", *(f"{z}_pred" for z in ZONES), "csi_pred", "ahf_pred"]]
     report = Report(f"Grad-CAM of {len(table)} image(s)", subtitle=f"{trained_cfg.model.model_arch} · {checkpoint}")

@@ -22,7 +22,7 @@ from src.evaluation.predictions import predictions_table
 from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import Predictions, predict_batches
-from src.utils.io import atomic_write_with
+from src.utils.io import atomic_write_csv
 
 
 def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
@@ -73,7 +73,7 @@ def predict_ensemble(cfg: Config, checkpoints: Sequence[Path], source: str | Pat
     low, high = cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold
     probs = combine_probabilities([m.probs for m in members], ensemble_average(cfg))
     table = predictions_table(members[0].file_ids, probs, None, low, high)
-    atomic_write_with(Path(output), lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(Path(output), table)
     tables = {name: predictions_table(m.file_ids, m.probs, None, low, high)
               for name, m in zip(member_names([Path(c) for c in checkpoints]), members)}
     return EnsemblePrediction(table, tables)

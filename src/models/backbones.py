@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from src.utils.errors import ConfigError
+from src.utils.errors import ConfigError, first_line
 
 # Parameters of the torchvision classifiers: in their state dicts, not in our backbones.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.", "heads.")
@@ -113,11 +113,6 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def _reason(exc: Exception) -> str:
-    """First line of an exception's message (some are empty or span pages)."""
-    return (str(exc).splitlines() or [type(exc).__name__])[0]
-
-
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     where = f"[Model] pretrained_path = {path}"
     if not Path(path).is_file():
@@ -125,7 +120,7 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling fails in many types; all mean "not a state dict"
-        raise ConfigError(f"{where}: cannot be read as a state dict ({_reason(exc)})") from None
+        raise ConfigError(f"{where}: cannot be read as a state dict ({first_line(exc)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{where}: expected a state dict (parameter name -> tensor), got {type(state).__name__}")
     return state
@@ -143,7 +138,7 @@ def _imagenet_state_dict(name: str, weights: str) -> dict[str, torch.Tensor]:
         problem = "cannot be loaded" if file.is_file() else "is missing and could not be downloaded"
         raise ConfigError(
             f"[Model] pretrained = true: ImageNet weights {weights} for {name}: {file} {problem} "
-            f"({_reason(exc)}); set [Model] pretrained = false, or pretrained_path = FILE.pth "
+            f"({first_line(exc)}); set [Model] pretrained = false, or pretrained_path = FILE.pth "
             f"(a local state dict), or put {file.name} in {cache}"
         ) from None
 

@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial, TrialState
 from src.config.schema import Config
 from src.optimization.report import write_plots
 from src.sweeps.spec import SweepSpec
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.io import atomic_write_csv, atomic_write_text
 
 VALUES_ATTR = "config"  # trial user attr: {Section.key: value} the run trained with
 _SUMMARY_ROWS = 10
@@ -91,7 +91,7 @@ def best_params(study: optuna.Study, spec: SweepSpec) -> dict | None:
 def write_outputs(study: optuna.Study, spec: SweepSpec, out: Path, plots: bool = True) -> Path:
     """runs.csv always; best_params.json and (with `plots`) hyperopt's plots once a run has finished."""
     table = runs_table(study, spec)
-    atomic_write_with(out / "runs.csv", lambda h: table.to_csv(h, index=False), binary=False)
+    atomic_write_csv(out / "runs.csv", table)
     payload = best_params(study, spec)
     if payload is not None:
         atomic_write_text(out / "best_params.json", json.dumps(payload, indent=2) + "\n")

@@ -28,7 +28,7 @@ from src.sweeps.outputs import VALUES_ATTR, sweep_dir
 from src.sweeps.spec import SweepSpec
 from src.training.loggers import WandbLogger, init_wandb_run, wandb_config
 from src.training.trainer import TrainResult, train_model
-from src.utils.errors import ConfigError, TrainingDiverged
+from src.utils.errors import ConfigError, TrainingDiverged, first_line
 from src.utils.run_dir import BEST, create_run_dir
 
 
@@ -138,7 +138,7 @@ def train_trial(cfg: Config, sweep_id: str, number: int, data: SharedDatasets) -
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
-        _fail(study, trial, number, f"out of memory: {str(exc).splitlines()[0]}")
+        _fail(study, trial, number, f"out of memory: {first_line(exc)}")
     else:
         study.tell(number, best)
 

@@ -27,7 +27,7 @@ from src.sweeps.outputs import summary, sweep_dir, write_outputs
 from src.sweeps.run import parse_agent_args, run_config, train_run
 from src.sweeps.spec import SweepSpec, load_sweep, values_by_key
 from src.training.loggers import resolve_wandb_mode
-from src.utils.errors import ConfigError
+from src.utils.errors import ConfigError, first_line
 from src.utils.io import atomic_write_text
 from src.utils.logging import logger
 from src.utils.run_dir import create_run_dir
@@ -133,7 +133,7 @@ def train_wandb_run(cfg: Config, sweep_file: str, args: list[str]) -> None:
         _, best = train_run(run_cfg, spec, provenance, run, run_dir=run_dir)
     except Exception as exc:
         atomic_write_text(run_dir / RESULT_FILE, json.dumps({**record, "state": "failed",
-                                                              "fail_reason": str(exc).splitlines()[0]}))
+                                                              "fail_reason": first_line(exc)}))
         raise
     atomic_write_text(run_dir / RESULT_FILE, json.dumps({**record, "state": "finished", "value": best}))
 

@@ -33,7 +33,7 @@ from src.evaluation.predictions import predictions_arrays
 from src.training.metrics import compute_all_metrics
 from src.training.trainer import TrainResult, resume_point, train_model
 from src.utils.errors import ConfigError
-from src.utils.io import atomic_write_text, atomic_write_with
+from src.utils.io import atomic_write_csv, atomic_write_text
 from src.utils.logging import logger
 from src.utils.run_dir import FOLDS_CSV, LAST, cv_dir, fold_dir
 
@@ -51,7 +51,7 @@ def _record_plan(out: Path, data: DataBundle, folds: np.ndarray) -> None:
             raise ConfigError(f"{path}: this cross-validation was started with other folds (labels, folds, seed "
                               f"or split settings changed); use another [Training] run_name or delete {out}")
         return
-    atomic_write_with(path, lambda h: plan.to_csv(h, index=False), binary=False)
+    atomic_write_csv(path, plan)
 
 
 def _read_state(out: Path) -> dict[str, int]:
@@ -101,7 +101,7 @@ def summarise(cfg: Config, out: Path, n_folds: int) -> CVResult:
     order = pd.read_csv(out / FOLDS_CSV, dtype={"FileID": str}, keep_default_na=False)
     order = order.loc[order["fold"] != 0, "FileID"]
     oof = oof.set_index("FileID").loc[order].reset_index()
-    atomic_write_with(out / OOF_CSV, lambda h: oof.to_csv(h, index=False), binary=False)
+    atomic_write_csv(out / OOF_CSV, oof)
     file_ids, targets, _, probs = predictions_arrays(oof)
     low, high = cfg.evaluation.ahf_low_threshold, cfg.evaluation.ahf_high_threshold
     oof_metrics = compute_all_metrics(targets, probs.argmax(-1), probs, ahf_low=low, ahf_high=high)
