@@ -1,10 +1,14 @@
-"""What a study leaves behind: the live line per trial, best_params.json, trials.csv, plots, a summary."""
+"""What a study leaves behind: the live line per trial, best_params.json, trials.csv, plots, a summary.
+
+The live line and the summary are worded per search (Wording): sweeps reuse them for their runs."""
 
 from __future__ import annotations
 
 import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -20,14 +24,65 @@ PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
 _SUMMARY_ROWS = 10
 
 
-def _fmt(value: object) -> str:
+@dataclass(frozen=True)
+class Wording:
+    """What a search calls itself, its trials and their outcomes in its log lines and summary."""
+
+    search: str = "Study"
+    trial: str = "trial"
+    complete: str = "complete"  # "3 complete"
+    completed: str = "completed"  # "no trial has completed yet"
+    pruned: str = "pruned"
+
+
+_STATE_WORDS = {TrialState.FAIL: "failed", TrialState.WAITING: "queued"}
+
+
+def format_value(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _counts(trials: list[FrozenTrial]) -> dict[str, int]:
+def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
     counts = Counter(t.state for t in trials)
     return {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
             "n_failed": counts[TrialState.FAIL]}
+
+
+def _counts_text(trials: list[FrozenTrial], words: Wording) -> str:
+    counts = count_states(trials)
+    return f"{counts['n_complete']} {words.complete}, {counts['n_pruned']} {words.pruned}, {counts['n_failed']} failed"
+
+
+def trial_line(trial: FrozenTrial, best: FrozenTrial | None, trials: list[FrozenTrial], values: dict,
+               metric: str, words: Wording) -> str:
+    """One line on a finished trial: number, outcome, best so far, counts of `trials`, its `values`."""
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"{metric} {trial.value:.4f}"
+    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
+        epoch = max(trial.intermediate_values)
+        outcome = f"{words.pruned} after epoch {epoch} ({trial.intermediate_values[epoch]:.4f})"
+    else:
+        outcome = _STATE_WORDS.get(trial.state, trial.state.name.lower()) + (
+            f": {trial.user_attrs['fail_reason']}" if "fail_reason" in trial.user_attrs else "")
+    best_text = (f"best {best.value:.4f} ({words.trial} {best.number})" if best
+                 else f"no {words.trial} has {words.completed} yet")
+    shown = " ".join(f"{k}={format_value(v)}" for k, v in values.items())
+    return f"{words.trial} {trial.number} {outcome} | {best_text} | {_counts_text(trials, words)} | {shown}"
+
+
+def summary_text(name: str, trials: list[FrozenTrial], ranked: list[FrozenTrial], values: Callable[[FrozenTrial], dict],
+                 metric: str, words: Wording) -> str:
+    """The final table: counts of `trials`, the best value, and the first of the `ranked` complete
+    trials (best first) with their `values(trial)`."""
+    head = f"{words.search} {name}: {len(trials)} {words.trial}s ({_counts_text(trials, words)})"
+    if not ranked:
+        return f"{head}\nNo {words.trial} has {words.completed} yet."
+    table = pd.DataFrame({f"{words.trial} {t.number}": {metric: format_value(t.value),
+                                                        **{k: format_value(v) for k, v in values(t).items()}}
+                          for t in ranked[:_SUMMARY_ROWS]}).fillna("")
+    best = ranked[0]
+    return (f"{head}\nBest {metric} {best.value:.4f} in {words.trial} {best.number}; "
+            f"{words.complete} {words.trial}s, best first:\n{table.to_string()}")
 
 
 def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
@@ -35,22 +90,9 @@ def _best(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
 
 
 def describe_trial(study: optuna.Study, trial: FrozenTrial) -> str:
-    """One line on a finished trial: number, outcome, value, best so far, counts, params."""
+    """The log line on a finished trial of a study."""
     trials = study.get_trials(deepcopy=False)
-    if trial.state == TrialState.COMPLETE:
-        outcome = f"value {trial.value:.4f}"
-    elif trial.state == TrialState.PRUNED and trial.intermediate_values:
-        epoch = max(trial.intermediate_values)
-        outcome = f"pruned after epoch {epoch} ({trial.intermediate_values[epoch]:.4f})"
-    else:
-        outcome = trial.state.name.lower() + (f": {trial.user_attrs['fail_reason']}"
-                                              if "fail_reason" in trial.user_attrs else "")
-    best = _best(study, trials)
-    best_text = f"best {best.value:.4f} (trial {best.number})" if best else "no trial complete yet"
-    counts = _counts(trials)
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-    return (f"trial {trial.number} {outcome} | {best_text} | {counts['n_complete']} complete, "
-            f"{counts['n_pruned']} pruned, {counts['n_failed']} failed | {params}")
+    return trial_line(trial, _best(study, trials), trials, trial.params, "value", Wording())
 
 
 def best_params(study: optuna.Study) -> dict | None:
@@ -61,7 +103,7 @@ def best_params(study: optuna.Study) -> dict | None:
         return None
     return {"study_name": study.study_name, "metric": study.user_attrs.get("metric"),
             "direction": study.direction.name.lower(), "best_value": best.value, "best_trial": best.number,
-            "best_params": best.params, **_counts(trials)}
+            "best_params": best.params, **count_states(trials)}
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -110,16 +152,6 @@ def write_report(study: optuna.Study, cfg: Config) -> Path:
 def summary(study: optuna.Study, cfg: Config) -> str:
     """The final table: counts, best value, and the best trials with their values."""
     trials = study.get_trials(deepcopy=False)
-    counts = _counts(trials)
-    best = _best(study, trials)
-    head = (f"Study {study.study_name}: {len(trials)} trials ({counts['n_complete']} complete, "
-            f"{counts['n_pruned']} pruned, {counts['n_failed']} failed)")
-    if best is None:
-        return head + "\nNo trial has completed yet."
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     complete.sort(key=lambda t: t.value, reverse=cfg.hyperopt.direction == "maximize")
-    shown = complete[:_SUMMARY_ROWS]
-    table = pd.DataFrame({f"trial {t.number}": {cfg.hyperopt.metric: _fmt(t.value), **{k: _fmt(v) for k, v in
-                                                t.params.items()}} for t in shown}).fillna("")
-    return (f"{head}\nBest {cfg.hyperopt.metric} {best.value:.4f} in trial {best.number}; "
-            f"complete trials, best first:\n{table.to_string()}")
+    return summary_text(study.study_name, trials, complete, lambda t: t.params, cfg.hyperopt.metric, Wording())
