@@ -1,24 +1,24 @@
-"""PNG figures: confusion matrices, training curves and per-zone saliency strips."""
+"""PNG figures: confusion matrices, training curves and per-zone saliency strips.
+
+Figures are drawn on matplotlib.figure.Figure, not pyplot: no backend to choose, no window, and
+nothing for pyplot to keep alive, so importing this module changes no global matplotlib state."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from src.data.zones import CLASS_NAMES, UNKNOWN, ZONES  # noqa: E402
-from src.models.heads import GRID, ZONE_CELLS  # noqa: E402
-from src.utils.io import atomic_write_with  # noqa: E402
+from src.data.zones import CLASS_NAMES, UNKNOWN, ZONES
+from src.models.heads import GRID, ZONE_CELLS
+from src.utils.io import atomic_write_with
 
 
-def save_figure(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     atomic_write_with(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def plot_confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[str], title: str,
@@ -28,8 +28,8 @@ def plot_confusion_matrices(matrices: dict[str, np.ndarray], labels: Sequence[st
     cols = min(n, 3)
     rows_of_panels = -(-n // cols)
     side = 0.6 * len(labels) + 1.3
-    fig, axes = plt.subplots(rows_of_panels, cols, figsize=(side * cols, side * rows_of_panels), squeeze=False,
-                             layout="constrained")
+    fig = Figure(figsize=(side * cols, side * rows_of_panels), layout="constrained")
+    axes = fig.subplots(rows_of_panels, cols, squeeze=False)
     for ax, (name, matrix) in zip(axes.flat, matrices.items()):
         totals = matrix.sum(axis=1, keepdims=True)
         share = np.divide(matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
@@ -53,7 +53,8 @@ def plot_training_curves(train_history: list[dict], val_history: list[dict], pat
     """Loss, macro F1 / QWK and learning rate per epoch; `marked_epoch` (the evaluated checkpoint's)
     as a dashed line."""
     epochs = [h["epoch"] for h in train_history]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig = Figure(figsize=(14, 3.8))
+    axes = fig.subplots(1, 3)
     axes[0].plot(epochs, [h["train_loss"] for h in train_history], label="train")
     axes[0].plot(epochs, [h["val_loss"] for h in val_history], label="val")
     axes[0].set_title("loss")
@@ -84,8 +85,8 @@ def _draw_zone_grid(ax, shape: tuple[int, int], highlight: tuple[int, int] | Non
         ax.axvline(c * width / cols - 0.5, color="white", lw=0.8, alpha=0.8)
     if highlight is not None:
         r, c = highlight
-        ax.add_patch(plt.Rectangle((c * width / cols - 0.5, r * height / rows - 0.5), width / cols, height / rows,
-                                   fill=False, edgecolor="#ffd400", lw=2.2))
+        ax.add_patch(Rectangle((c * width / cols - 0.5, r * height / rows - 0.5), width / cols, height / rows,
+                               fill=False, edgecolor="#ffd400", lw=2.2))
 
 
 def _score(score: int) -> str:
@@ -96,7 +97,8 @@ def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarra
                        title: str, path: Path) -> None:
     """A strip: the radiograph with each zone's true and predicted score in its cell, then one
     panel per zone with its Grad-CAM map (`maps` [6, H, W] in [0, 1]) and its own cell outlined."""
-    fig, axes = plt.subplots(1, 1 + len(ZONES), figsize=(2.1 * (1 + len(ZONES)), 2.9))
+    fig = Figure(figsize=(2.1 * (1 + len(ZONES)), 2.9))
+    axes = fig.subplots(1, 1 + len(ZONES))
     grey = dict(cmap="gray", vmin=float(np.percentile(image, 1)), vmax=float(np.percentile(image, 99)))
     height, width = image.shape
     rows, cols = GRID

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from src.evaluation.calibration import N_BINS, apply_temperature, known_zone_samples, reliability_bins
 from src.evaluation.plots import save_figure
@@ -16,7 +16,8 @@ def plot_agreement(true: np.ndarray, pred: np.ndarray, bland_altman: dict, icc: 
                    path: Path) -> None:
     """Bland-Altman plot (difference against mean, bias and limits with their CIs) beside a scatter
     of predicted against true CSI with the identity line."""
-    fig, (ba, scatter) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
+    ba, scatter = fig.subplots(1, 2)
     mean, diff = (true + pred) / 2, pred - true
     ba.scatter(mean, diff, s=14, alpha=0.5, color="tab:blue", edgecolors="none")
     for name, colour, label in (("bias", "black", "bias"), ("loa_low", "tab:red", "limits of agreement"),
@@ -53,7 +54,8 @@ def plot_reliability(probs: np.ndarray, targets: np.ndarray, temperature: float,
     """Reliability diagram per scope (all zones, then each zone), before and after temperature
     scaling; bars show each bin's share of the zones."""
     scopes = list(known_zone_samples(probs, targets))
-    fig, axes = plt.subplots(2, 4, figsize=(16, 8.5), squeeze=False, constrained_layout=True)
+    fig = Figure(figsize=(16, 8.5), layout="constrained")
+    axes = fig.subplots(2, 4, squeeze=False)
     centres = (np.arange(N_BINS) + 0.5) / N_BINS
     for ax, (scope, known, t) in zip(axes.flat, scopes):
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
@@ -81,7 +83,8 @@ def plot_reliability(probs: np.ndarray, targets: np.ndarray, temperature: float,
 def plot_differences(differences: pd.DataFrame, title: str, path: Path) -> None:
     """Forest plot: each metric's paired difference with its 95% interval; p-values on the right."""
     rows = differences.iloc[::-1].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.4))
+    fig = Figure(figsize=(8, 0.32 * len(rows) + 1.4))
+    ax = fig.subplots()
     y = np.arange(len(rows))
     ax.errorbar(rows["difference"], y, xerr=[rows["difference"] - rows["ci_low"], rows["ci_high"] - rows["difference"]],
                 fmt="o", color="tab:blue", ms=4, capsize=2, lw=1)

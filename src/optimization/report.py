@@ -120,6 +120,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 def write_plots(study: optuna.Study, metric: str, out: Path) -> None:
     # Imported here: matplotlib and plotly cost seconds, which every sweep run's fresh process would pay.
+    import matplotlib.pyplot as plt  # optuna's matplotlib plots are pyplot figures
     from optuna import visualization
     from optuna.visualization import matplotlib as mpl_visualization
     from plotly.offline import get_plotlyjs
@@ -133,6 +134,7 @@ def write_plots(study: optuna.Study, metric: str, out: Path) -> None:
             atomic_write_text(out / f"{name}.html", plot.to_html(include_plotlyjs="directory"))
             axes = getattr(mpl_visualization, f"plot_{name}")(study, target_name=metric)
             save_figure(axes.figure, out / f"{name}.png")
+            plt.close(axes.figure)
     if not (out / "plotly.min.js").is_file():  # one offline copy that the HTML plots share
         atomic_write_text(out / "plotly.min.js", get_plotlyjs())
 
