@@ -23,6 +23,7 @@ re-import this file, and should not pay for torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -251,8 +252,7 @@ def data_pipeline(bench: Bench) -> Section:
     settings = CacheSettings.from_config(cfg.data)
     mean, std = 0.5, 0.25
     cpu = torch.device("cpu")
-    loop = LoopSettings.from_config(cfg, cpu)
-    loop.progress = False
+    loop = dataclasses.replace(LoopSettings.from_config(cfg, cpu), progress=False)
     model = place_model(build_model(cfg), cpu, loop)
     optimizer, criterion = create_optimizer(model, cfg), WeightedCSILoss()
     labels = torch.randint(0, 5, (count, 6), generator=torch.Generator().manual_seed(0))
