@@ -14,8 +14,8 @@ from src.data.readers import file_extension
 from src.data.summary import label_counts, split_counts
 
 
-def _size_range(shapes: list[tuple[int, int] | None]) -> str:
-    known = np.array([s for s in shapes if s], dtype=int)
+def _size_range(shapes: np.ndarray) -> str:
+    known = shapes[shapes[:, 0] > 0].astype(np.int64)
     if not len(known):
         return "none decoded"
     pixels = known[:, 0] * known[:, 1]
@@ -34,8 +34,8 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
     echo(f"Formats       {', '.join(f'{ext} {n}' for ext, n in formats.most_common())}")
     echo(f"Image sizes   {_size_range(cache.original_shapes)}")
     images = cache.images
-    echo(f"Cache         {cache.path} ({'reused' if cache.hit else 'built'}; {images.shape[0]} x "
-         f"{images.shape[1]}x{images.shape[2]} {images.dtype}, {images.nbytes / 2**20:.1f} MiB)")
+    echo(f"Cache         {cache.path} ({cache.decoded} decoded now, {images.shape[0] - cache.decoded} reused; "
+         f"{images.shape[0]} x {images.shape[1]}x{images.shape[2]} {images.dtype}, {images.nbytes / 2**20:.1f} MiB)")
     echo("\nZone scores (images per class)")
     echo(label_counts(table).to_string())
     echo("\nSplit")

@@ -1,4 +1,4 @@
-"""Processes that start together: run directories never shared, one image cache built once."""
+"""Processes that start together: run directories never shared, one image cache built once between them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from src.config.schema import DataConfig
-from src.data.cache import CacheSettings, build_cache, cache_key
+from src.data.cache import CacheSettings, build_cache
 from src.utils.run_dir import create_run_dir
 from tests.conftest import write_png_dataset
 
@@ -38,7 +38,7 @@ def _create_run_dir(barrier, queue, output_dir: Path) -> None:
 def _build_cache(barrier, queue, paths: list[Path], cache_dir: Path) -> None:
     barrier.wait()
     cache = build_cache(paths, SETTINGS, cache_dir, workers=1)
-    queue.put((cache.hit, np.array(cache.images), cache.failures))
+    queue.put((cache.decoded, np.array(cache.images), cache.failures))
 
 
 def test_runs_started_together_get_distinct_directories(tmp_path):
@@ -49,28 +49,19 @@ def test_runs_started_together_get_distinct_directories(tmp_path):
     assert all(list(run.iterdir()) == [run / "logs"] for run in runs)  # each one fresh and empty
 
 
-def test_two_processes_building_one_cache_decode_once_and_agree(tmp_path):
-    scores = np.random.default_rng(0).integers(0, 4, (24, 6))
-    labels = write_png_dataset(tmp_path / "data", scores)
+def test_two_processes_building_one_cache_decode_each_image_once_and_agree(tmp_path):
+    scores = np.random.default_rng(0).integers(0, 4, (48, 6))
+    labels = write_png_dataset(tmp_path / "data", scores, size=16)
     paths = sorted((labels.parent / "images").glob("*.png"))
     reference = build_cache(paths, SETTINGS, tmp_path / "reference", workers=1)
 
     cache_dir = tmp_path / "cache"
     results = _in_processes(_build_cache, (paths, cache_dir), 2)
-    assert sorted(hit for hit, _, _ in results) == [False, True]  # one decoded, the other waited and read
+    assert sum(decoded for decoded, _, _ in results) == len(paths)  # shards shared out, none decoded twice
     for _, images, failures in results:
         np.testing.assert_array_equal(images, reference.images)
         assert failures == {}
-    key = cache_key(paths, SETTINGS)
-    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(f"{key}.{ext}" for ext in ("json", "lock", "npy"))
-
-
-def test_a_killed_builders_partial_array_is_removed(tmp_path):
-    labels = write_png_dataset(tmp_path / "data", np.zeros((3, 6), int))
-    paths = sorted((labels.parent / "images").glob("*.png"))
-    cache_dir = tmp_path / "cache"
-    cache_dir.mkdir()
-    stale = cache_dir / f"{cache_key(paths, SETTINGS)}.npy.4242.partial"
-    stale.write_bytes(b"\x93NUMPY half")
-    cache = build_cache(paths, SETTINGS, cache_dir, workers=1)
-    assert not cache.hit and not stale.exists() and cache.images.shape == (3, 32, 32)
+    store = next(cache_dir.iterdir())
+    shards = sorted(p.stem for p in store.glob("*.json"))
+    assert len(shards) == 3 and sorted(p.name for p in store.iterdir()) == sorted(
+        f"{name}.{ext}" for name in shards for ext in ("json", "lock", "npy"))
