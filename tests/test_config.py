@@ -29,9 +29,20 @@ def test_defaults_come_from_the_schema(tmp_path):
 
 
 def test_legacy_upper_case_file_loads(tmp_path):
-    cfg = load_config(write(tmp_path, "[TRAINING]\nBATCH_SIZE = 16\n[Model]\nMODEL_ARCH = CheXNet\n"), env={})
+    cfg = load_config(write(tmp_path, "[TRAINING]\nBATCH_SIZE = 16\n[Model]\nMODEL_ARCH = Custom_1\n"), env={})
     assert cfg.training.batch_size == 16
-    assert cfg.model.model_arch == "densenet121"  # alias resolved, case ignored
+    assert cfg.model.model_arch == "custom_cnn"  # alias resolved, case ignored
+
+
+def test_model_arch_takes_timm_and_hf_names_keeping_their_case(tmp_path):
+    cfg = load_config(write(tmp_path, "[Model]\nmodel_arch = HF:Microsoft/Rad-DINO\n"), env={})
+    assert cfg.model.model_arch == "hf:Microsoft/Rad-DINO"
+    assert load_config(write(tmp_path, "[Model]\nmodel_arch = timm:resnet18.a1_in1k\n"), env={}).model.model_arch \
+        == "timm:resnet18.a1_in1k"
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "[Model]\nmodel_arch = timm:\n"), env={})
+    assert "\n" not in str(error.value)
+    assert "raddino" in str(error.value) and "timm:<name>, hf:<name>" in str(error.value)
 
 
 def test_precedence_flag_over_set_over_env_over_file(tmp_path):

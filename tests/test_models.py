@@ -14,6 +14,7 @@ from src.data.zones import ZONES
 from src.models.backbones import BACKBONES, get_backbone
 from src.models.factory import CSIModel, build_model
 from src.models.heads import ZoneHead
+from src.models.zoo import PREFIXES, SEED
 from src.utils.errors import ConfigError
 
 CNNS = ("resnet50", "densenet121", "custom_cnn")
@@ -27,7 +28,8 @@ def make_config(arch: str, image_size: int, **model: object) -> Config:
 
 
 def test_registry_keys_are_the_schema_choices():
-    assert set(BACKBONES) == set(section_fields("Model")["model_arch"].metadata["choices"])
+    meta = section_fields("Model")["model_arch"].metadata
+    assert set(SEED) == set(meta["choices"]) and set(PREFIXES) == set(meta["prefixes"])
 
 
 @pytest.mark.parametrize("pooling", ["global", "regional"])
@@ -155,7 +157,7 @@ def test_custom_cnn_has_no_imagenet_weights():
 
 
 def test_unknown_architecture_is_refused():
-    with pytest.raises(ConfigError, match="model_arch = 'resnet18'.*resnet50"):
+    with pytest.raises(ConfigError, match="model_arch = 'resnet18'.*resnet50.*timm:<name> or hf:<repo>"):
         get_backbone("resnet18")
 
 

@@ -12,6 +12,7 @@ from src.config.schema import Config
 from src.data.load import load_data
 from src.data.readers import file_extension
 from src.data.summary import label_counts, split_counts
+from src.models.zoo import check_weights
 
 
 def _size_range(shapes: np.ndarray) -> str:
@@ -24,6 +25,7 @@ def _size_range(shapes: np.ndarray) -> str:
 
 
 def run_check(cfg: Config, options: dict[str, Any]) -> None:
+    check_weights(cfg.model)  # the pretrained weights asked for are at hand (or may be downloaded)
     bundle = load_data(cfg)
     table, cache = bundle.table, bundle.cache
     formats = Counter(file_extension(p) for p in table["path"])

@@ -80,7 +80,8 @@ def describe_allowed(fld: dataclasses.Field) -> str:
         return ("a metric of validation_history.json, e.g. val_loss, val_f1_macro, val_qwk, val_csi_mae, "
                 "val_ahf_accuracy, val_f1_macro_right_sup")
     if meta["choices"]:
-        return "one of " + ", ".join(meta["choices"] + tuple(meta["aliases"]))
+        named = "".join(f", {prefix}<name>" for prefix in meta["prefixes"])
+        return "one of " + ", ".join(meta["choices"] + tuple(meta["aliases"])) + named
     if kind == "bool":
         return "true or false"
     if kind == "str":
@@ -120,6 +121,9 @@ def parse_value(fld: dataclasses.Field, raw: Any, where: str) -> Any:
             value = str(text)
     except (TypeError, ValueError):
         raise ConfigError(problem) from None
+    prefix = next((p for p in meta["prefixes"] if value.lower().startswith(p)), None)
+    if prefix and value[len(prefix):].strip():  # the name keeps its case: hub repositories are case-sensitive
+        return prefix + value[len(prefix):].strip()
     if meta["choices"]:
         lowered = value.lower()
         lowered = meta["aliases"].get(lowered, lowered)

@@ -24,11 +24,12 @@ def key(
     min_exclusive: bool = False,
     flag: str | None = None,
     metric: bool = False,
+    prefixes: tuple[str, ...] = (),
 ) -> Any:
     """Declare one config key: default plus the metadata the rest of the tool reads.
 
     `metric`: the value names a validation metric, checked against the names src/training/metrics.py
-    publishes."""
+    publishes. `prefixes`: besides the choices, any value made of one of them and a name is allowed."""
     meta = {
         "help": help,
         "choices": choices,
@@ -38,6 +39,7 @@ def key(
         "min_exclusive": min_exclusive,
         "flag": flag,
         "metric": metric,
+        "prefixes": prefixes,
     }
     return field(default=default, metadata=meta)
 
@@ -86,18 +88,27 @@ class TrainingConfig:
 class ModelConfig:
     model_arch: str = key(
         "resnet50",
-        "Backbone: resnet50, densenet121 (alias chexnet), custom_cnn (alias custom_1, a small "
-        "5-layer CNN, fast on CPU) or vit_b_16 (alias raddino).",
-        choices=("resnet50", "densenet121", "custom_cnn", "vit_b_16"),
-        aliases={"chexnet": "densenet121", "custom_1": "custom_cnn", "raddino": "vit_b_16"},
+        "Backbone: resnet50, densenet121 (ImageNet weights), chexnet (DenseNet121 with torchxrayvision's "
+        "chest X-ray weights), custom_cnn (alias custom_1, a small 5-layer CNN, fast on CPU), vit_b_16, "
+        "raddino (Microsoft's RAD-DINO, a DINOv2 ViT-B/14 trained on chest X-rays, native 518 px), "
+        "timm:<name> (any timm model) or hf:<repo> (any transformers vision backbone with a patch grid). "
+        "`--mode models` lists them.",
+        choices=("resnet50", "densenet121", "chexnet", "custom_cnn", "vit_b_16", "raddino"),
+        aliases={"custom_1": "custom_cnn"},
+        prefixes=("timm:", "hf:"),
     )
     pretrained: bool = key(
         True,
-        "Start from torchvision's ImageNet weights (needs them in the local torch cache or a "
-        "network). Set false to train from scratch.",
+        "Start from the backbone's pretrained weights: torchvision's ImageNet ones (TORCH_HOME cache), "
+        "torchxrayvision's (chexnet), or the Hugging Face hub's (raddino, timm:, hf:; HF_HOME cache, "
+        "HF_HUB_OFFLINE=1 never downloads). Set false to train from scratch.",
     )
+    pretrained_weights: str = key(
+        "", "chexnet: which torchxrayvision weights, e.g. densenet121-res224-all (empty: that one), -chex, -nih, "
+            "-mimic_ch, -mimic_nb, -pc, -rsna.")
     pretrained_path: str = key(
-        "", "Local state-dict file to initialise the backbone from instead of downloading."
+        "", "Local weights to initialise the backbone from instead of downloading: a state-dict file, or for "
+            "raddino and hf: a snapshot directory (config.json + model.safetensors)."
     )
     num_classes: int = key(
         5, "Classes per zone: 0 Normal, 1 Mild, 2 Moderate, 3 Severe, 4 Unknown.", min=5, max=5
@@ -254,10 +265,12 @@ class DataConfig:
     clip_low_percentile: float = key(0.5, "Intensities below this percentile are clipped.", min=0, max=50)
     clip_high_percentile: float = key(99.5, "Intensities above this percentile are clipped.", min=50, max=100)
     normalization: str = key(
-        "imagenet",
-        "Input normalisation: imagenet (grey mean/std of ImageNet), medical (0.5/0.25), simple "
-        "(0.5/0.5, i.e. -1..1) or custom (normalization_mean/std).",
-        choices=("imagenet", "medical", "simple", "custom"),
+        "weights",
+        "Input normalisation: weights (the mean/std the backbone's pretrained weights were trained with, "
+        "read from their metadata; ImageNet's grey mean/std when trained from scratch), imagenet (grey "
+        "mean/std of ImageNet), medical (0.5/0.25), simple (0.5/0.5, i.e. -1..1) or custom "
+        "(normalization_mean/std). Training records the values used in the run's config.",
+        choices=("weights", "imagenet", "medical", "simple", "custom"),
     )
     normalization_mean: float = key(0.5, "custom normalisation: mean subtracted.", min=0, max=1)
     normalization_std: float = key(0.25, "custom normalisation: std divided by.", min=0, min_exclusive=True)

@@ -71,9 +71,15 @@ def preprocess_image(
 
 
 def normalization_stats(name: str, mean: float, std: float) -> tuple[float, float]:
-    """(mean, std) for 1-channel input: a preset by name, or `mean`/`std` when name is "custom"."""
+    """(mean, std) for 1-channel input: a preset by name, or `mean`/`std` when name is "custom".
+
+    "weights" (the weights' own statistics) is resolved to custom values before training
+    (src/models/zoo resolve_preprocessing); unresolved it stands for a model trained from scratch,
+    normalised like ImageNet."""
     if name == "custom":
         return mean, std
+    if name == "weights":
+        return _NORMALIZATION_PRESETS["imagenet"]
     if name not in _NORMALIZATION_PRESETS:
         raise ValueError(f"normalization must be one of {[*_NORMALIZATION_PRESETS, 'custom']}, got {name!r}")
     return _NORMALIZATION_PRESETS[name]

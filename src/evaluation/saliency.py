@@ -2,15 +2,14 @@
 
 Each zone has its own classifier, so each zone gets its own map: Grad-CAM of that zone's
 predicted-class logit at the backbone's last spatial layer. For CNNs that is the backbone's last
-block; for the ViT it is the last encoder block, whose patch tokens are laid back on their grid
-(the class token has no position and is dropped). Maps are scaled to [0, 1] per image and zone
-and resized to the input, as the library does.
+block; for the ViTs (vit_b_16, raddino, hf:) it is the last encoder block, whose patch tokens are
+laid back on their grid (class and register tokens have no position and are dropped). Maps are
+scaled to [0, 1] per image and zone and resized to the input, as the library does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,6 @@ from tqdm import tqdm
 from src.data.dataset import CSIDataset
 from src.data.zones import ZONES, csi_from_scores
 from src.evaluation.plots import plot_zone_saliency
-from src.models.backbones import ViTFeatures
 from src.models.factory import CSIModel
 from src.training.loop import Predictions
 from src.training.metrics import predicted_csi
@@ -39,19 +37,17 @@ class ZoneClassTarget:
         return output[self.zone, self.score]
 
 
-def _tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """[B, 1 + h*w, D] encoder tokens -> [B, D, h, w] patch grid, class token dropped."""
-    patches = tokens[:, 1:]
-    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
-
-
 def cam_layer(model: CSIModel, image_size: tuple[int, int]) -> tuple[nn.Module, Callable | None]:
-    """The layer Grad-CAM weighs for `model`, and the transform that lays its output on a grid."""
+    """The layer Grad-CAM weighs for `model`, and the transform that lays its output on a grid.
+
+    Transformers name theirs (cam_target: the last encoder block); the CNNs built as a Sequential
+    of stages use the last stage; any other backbone (timm's) its own output, the feature map."""
     backbone = model.backbone
-    if isinstance(backbone, ViTFeatures):
-        grid = (image_size[0] // backbone.patch_size, image_size[1] // backbone.patch_size)
-        return backbone.encoder.layers[-1], partial(_tokens_to_grid, grid=grid)
-    return list(backbone.children())[-1], None  # every CNN backbone is a Sequential of stages
+    if hasattr(backbone, "cam_target"):
+        return backbone.cam_target(image_size)
+    if isinstance(backbone, nn.Sequential):
+        return backbone[-1], None
+    return backbone, None
 
 
 def grid_misalignment(model: CSIModel, image: torch.Tensor) -> tuple[float, float]:

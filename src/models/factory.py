@@ -10,8 +10,8 @@ from torch import nn
 from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.config.trained import checkpoint_config
-from src.models.backbones import get_backbone
 from src.models.heads import ZoneHead
+from src.models.zoo import get_backbone
 from src.utils.checkpoint import load_weights, read_checkpoint
 
 
@@ -42,7 +42,8 @@ class CSIModel(nn.Module):
 def build_model(cfg: Config) -> CSIModel:
     """The model [Model] describes, for [Data] image_size inputs; fails early on unusable weights."""
     m = cfg.model
-    backbone, channels = get_backbone(m.model_arch, m.pretrained, m.pretrained_path, cfg.data.image_size)
+    backbone, channels = get_backbone(m.model_arch, m.pretrained, m.pretrained_path, cfg.data.image_size,
+                                      m.pretrained_weights)
     return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, m.zone_pooling)
 
 

@@ -15,7 +15,9 @@ from src.config.schema import Config
 from src.data.augment import BatchAugmenter
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
+from src.data.preprocess import normalization_stats
 from src.models.factory import build_model
+from src.models.zoo import check_weights, resolve_preprocessing
 from src.training.callbacks import resolve_mode
 from src.training.distillation import build_distillation
 from src.training.loggers import create_loggers
@@ -93,6 +95,8 @@ class _Trainer:
 
     def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: ResumePoint | None,
                  provenance: str = "", run_dir: Path | None = None) -> None:
+        check_weights(cfg.model)  # cheap: before any data work; the weights load with the model
+        cfg = resolve_preprocessing(cfg)
         self.cfg, self.debug, self.resume = cfg, debug, resume
         self.provenance, self.given_run_dir = provenance, run_dir
         seed_everything(cfg.training.seed)
@@ -105,7 +109,10 @@ class _Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         settings = LoopSettings.from_config(cfg, self.device)
         self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
-        self.data = data or load_data(cfg)
+        # Data loaded by the caller (hyperopt, cv) for several runs gets this run's normalisation.
+        d = cfg.data
+        stats = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
+        self.data = replace(data, mean=stats[0], std=stats[1]) if data else load_data(cfg)
         self.model = place_model(build_model(cfg), self.device, self.settings)
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
