@@ -228,7 +228,7 @@ def test_load_teacher_rebuilds_a_frozen_teacher_from_its_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(("key", "student_value", "shown"), [
     ("Data.image_size", 64, "Data.image_size = 32, this run uses 64"),
-    ("Data.normalization", "medical", "Data.normalization = imagenet"),
+    ("Data.resize_mode", "pad", "Data.resize_mode = plain, this run uses pad"),
 ])
 def test_load_teacher_refuses_a_teacher_trained_on_other_inputs(tmp_path, key, student_value, shown):
     path = tmp_path / "teacher.pth"
@@ -236,3 +236,14 @@ def test_load_teacher_refuses_a_teacher_trained_on_other_inputs(tmp_path, key, s
     student_cfg = apply_overrides(teacher_cfg, {key: student_value})
     with pytest.raises(ConfigError, match=shown):
         load_teacher(path, torch.device("cpu"), student_cfg)
+
+
+def test_a_teacher_normalised_otherwise_reads_the_students_batches_in_its_own_normalisation(tmp_path):
+    path = tmp_path / "teacher.pth"
+    original, teacher_cfg = save_run(path, **{"Data.normalization": "custom", "Data.normalization_mean": 0.5307,
+                                              "Data.normalization_std": 0.2583})
+    student_cfg = apply_overrides(teacher_cfg, {"Data.normalization": "medical"})
+    teacher, _ = load_teacher(path, torch.device("cpu"), student_cfg)
+    pixels = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher((pixels - 0.5) / 0.25), original((pixels - 0.5307) / 0.2583))

@@ -17,23 +17,40 @@ from src.utils.errors import ConfigError
 
 
 def _input_preparation(cfg: Config) -> dict[str, tuple[object, str]]:
-    """What decides the pixels a model sees: key -> (value to compare, how to show it)."""
+    """What decides the pixels a model sees before normalisation: key -> (value to compare, how to show it)."""
     d = cfg.data
-    stats = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
     return {
         "Data.image_size": (d.image_size, str(d.image_size)),
         "Data.resize_mode": (d.resize_mode, d.resize_mode),
         "Data.clip_low_percentile": (d.clip_low_percentile, f"{d.clip_low_percentile:g}"),
         "Data.clip_high_percentile": (d.clip_high_percentile, f"{d.clip_high_percentile:g}"),
-        "Data.normalization": (stats, f"{d.normalization} (mean {stats[0]:g}, std {stats[1]:g})"),
     }
+
+
+def _stats(cfg: Config) -> tuple[float, float]:
+    d = cfg.data
+    return normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
+
+
+class Renormalized(nn.Module):
+    """`model` reading images normalised with the student's (mean, std) as if normalised with its own:
+    (x * s_std + s_mean - t_mean) / t_std, so a RAD-DINO teacher and a custom_cnn student each see
+    the input their weights expect."""
+
+    def __init__(self, model: nn.Module, student: tuple[float, float], teacher: tuple[float, float]) -> None:
+        super().__init__()
+        self.model = model
+        self.scale, self.shift = student[1] / teacher[1], (student[0] - teacher[0]) / teacher[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
 
 
 def load_teacher(path: str | Path, device: torch.device, student_cfg: Config) -> tuple[nn.Module, Config]:
     """The frozen teacher model of checkpoint `path` on `device`, and the config it was trained with.
 
-    The teacher may have any architecture and loss, but sees the student's batches, so it must
-    have been trained on identically prepared images.
+    The teacher may have any architecture, loss and input normalisation (its own is applied to the
+    student's batches), but sees the student's pixels, so they must have been prepared identically.
     """
     teacher, teacher_cfg, _ = load_trained_model(student_cfg, Path(path))
     theirs, ours = _input_preparation(teacher_cfg), _input_preparation(student_cfg)
@@ -43,6 +60,8 @@ def load_teacher(path: str | Path, device: torch.device, student_cfg: Config) ->
                 f"[Distillation] teacher_checkpoint = {path}: the teacher was trained with {key} = {shown}, "
                 f"this run uses {ours[key][1]}; distil only from a teacher trained on the same input preparation"
             )
+    if _stats(teacher_cfg) != _stats(student_cfg):
+        teacher = Renormalized(teacher, _stats(student_cfg), _stats(teacher_cfg))
     teacher.to(device).eval().requires_grad_(False)
     return teacher, teacher_cfg
 
