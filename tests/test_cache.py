@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from PIL import Image
 from src.data.cache import CacheSettings, build_cache, prebuild_part, register_decoder
 from src.data.cache.build import shard_images
 from src.data.cache.keys import decode_image
-from tests.conftest import REPO, write_png_dataset
+from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
 
 SETTINGS = CacheSettings(image_size=8, resize_mode="plain", clip_low_percentile=0.5,
                          clip_high_percentile=99.5, dtype="uint16")
@@ -154,3 +155,16 @@ def test_the_view_reads_rows_batches_and_slices_across_shards_and_pickles(tmp_pa
     np.testing.assert_array_equal(images[30:], every[30:])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(images))[rows], every[rows])
     assert images.nbytes == every.nbytes and images.dtype == every.dtype
+
+
+def test_check_shard_jobs_prebuild_disjoint_parts_then_check_reuses_them(tmp_path):
+    write_png_dataset(tmp_path / "data", np.random.default_rng(3).integers(0, 4, (40, 6)), size=16)
+    write_config(tmp_path / "config" / "config.ini", tmp_path / "data", Data={"image_size": 16})
+    jobs = [start_main("--mode", "check", "--shard", f"{k}/2", cwd=tmp_path) for k in (1, 2)]
+    finish(jobs)
+    decoded = [int(re.search(r"(\d+) image\(s\) decoded now", job.log.read_text()).group(1)) for job in jobs]
+    assert sum(decoded) == 40 and all(decoded)  # parts are disjoint and both non-empty
+    result = run_main("--mode", "check", cwd=tmp_path)
+    assert result.returncode == 0 and "(0 decoded now, 40 reused;" in result.stdout, result.stdout
+    bad = run_main("--mode", "check", "--shard", "3/2", cwd=tmp_path)
+    assert bad.returncode == 2 and "'3/2' is not K/N with 1 <= K <= N" in bad.stderr

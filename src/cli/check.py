@@ -9,7 +9,7 @@ import click
 import numpy as np
 
 from src.config.schema import Config
-from src.data.load import load_data
+from src.data.load import load_data, prebuild_cache_part
 from src.data.readers import file_extension
 from src.data.summary import label_counts, split_counts
 from src.models.zoo import check_weights
@@ -25,6 +25,12 @@ def _size_range(shapes: np.ndarray) -> str:
 
 
 def run_check(cfg: Config, options: dict[str, Any]) -> None:
+    if options.get("shard"):  # only the cache: the weights are the check's without --shard
+        part, parts = options["shard"]
+        decoded, missing = prebuild_cache_part(cfg.data, part, parts)
+        click.echo(f"Cache part {part}/{parts}: {decoded} image(s) decoded now into {cfg.data.cache_dir}; "
+                   f"{missing} still missing (other parts'; run --mode check without --shard to finish and check)")
+        return
     check_weights(cfg.model)  # the pretrained weights asked for are at hand (or may be downloaded)
     bundle = load_data(cfg)
     table, cache = bundle.table, bundle.cache

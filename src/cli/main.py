@@ -105,6 +105,9 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
               help="sweep, sweep-agent: W&B's server or Optuna here; auto: W&B when logged in and reachable.")
 @click.option("--project", help="sweep, sweep-agent: W&B project (default [Logging] wandb_project).")
 @click.option("--entity", help="sweep, sweep-agent: W&B entity (default [Logging] wandb_entity).")
+@click.option("--shard", callback=lambda ctx, param, value: _parse_shard(value), metavar="K/N",
+              help="check: decode only part K (1..N) of the images into the cache, so N jobs (e.g. a Slurm "
+                   "array) prebuild it together; the summary is skipped.")
 @_schema_flags
 def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, ...], log_level: str,
         **options: Any) -> None:
@@ -141,6 +144,15 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         # Checkpoints and histories are written atomically after each epoch: what was saved is whole.
         logger.warning("interrupted; files written so far are complete (resume a training run with --resume)")
         sys.exit(130)
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    part, _, parts = value.partition("/")
+    if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
+        raise click.BadParameter(f"{value!r} is not K/N with 1 <= K <= N (e.g. 2/8)", param_hint="--shard")
+    return int(part), int(parts)
 
 
 def _member_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from src.config.schema import Config, DataConfig
-from src.data.cache import CacheSettings, ImageCache, build_cache
+from src.data.cache import CacheSettings, ImageCache, build_cache, prebuild_part
 from src.data.labels import SPLITS, read_labels
 from src.data.locate import locate_images
 from src.data.preprocess import normalization_stats
@@ -119,12 +119,25 @@ def _check_splits(table: pd.DataFrame, origin: str | Path) -> None:
                         "fix the split column or change [Data] train_fraction/val_fraction")
 
 
+def _labelled_images(data: DataConfig) -> tuple[pd.DataFrame, list[Path | None]]:
+    """The labels table and each row's image file (None where there is none)."""
+    table = read_labels(data.labels_csv, data.csv_separator, data.csv_encoding)
+    return table, locate_images(table, data.image_dir, data.image_extension, data.recursive,
+                                data.allow_outside_paths, data.labels_csv)
+
+
+def prebuild_cache_part(data: DataConfig, part: int, parts: int) -> tuple[int, int]:
+    """Decode part `part` (1..parts) of the labelled images into the cache, as one of `parts` jobs
+    that prebuild it together: (images decoded now, images still missing from the cache)."""
+    _, paths = _labelled_images(data)
+    return prebuild_part([p for p in paths if p is not None], CacheSettings.from_config(data), data.cache_dir,
+                         part - 1, parts)
+
+
 def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     """Read labels, find and cache every image, and assign splits (or take them from `split_csv`)."""
     data = cfg.data
-    table = read_labels(data.labels_csv, data.csv_separator, data.csv_encoding)
-    paths = locate_images(table, data.image_dir, data.image_extension, data.recursive, data.allow_outside_paths,
-                          data.labels_csv)
+    table, paths = _labelled_images(data)
     cache, cache_index, skipped = cache_images(table["FileID"].tolist(), paths, data, data.labels_csv)
     table = table.assign(path=[str(p) if p else "" for p in paths], cache_index=cache_index)
     table = table[cache_index >= 0].reset_index(drop=True)
