@@ -80,3 +80,22 @@ def test_bad_split_value(tmp_path):
     path = write(tmp_path, f"{HEADER};split\n1;0;0;0;0;0;0;;holdout\n")
     with pytest.raises(DataError, match=r"line 2 \(FileID 1\), column split: 'holdout'"):
         read_labels(path)
+
+
+def test_the_fast_and_the_row_by_row_reader_agree(tmp_path):
+    """The C parser reads the common file; one longer row (a trailing empty field) sends the same
+    rows through the csv module instead. Both drop blank and whitespace-only rows and keep line numbers."""
+    rows = [HEADER + ";PatientID;split", "00042;0;1;2;3;4;;1.5;P1;Train", "", " ; ;;;;;;;;",
+            " 17.0 ;na;N/A;3;2;1;0;;P2;validation", "bad;0;0;0;0;0;x;;P3;test"]
+    uniform, ragged = "\n".join(rows) + "\n", "\n".join([rows[0], rows[1] + ";", *rows[2:]]) + "\n"
+    errors = []
+    for text in (uniform, ragged):
+        with pytest.raises(DataError) as error:
+            read_labels(write(tmp_path, text))
+        errors.append(str(error.value).split(": ", 1)[1])
+        assert "line 6 (FileID bad), column left_inf: 'x' is not a zone score" in errors[-1]
+    assert errors[0] == errors[1]
+    fast, careful = (read_labels(write(tmp_path, text.replace(";x;", ";4;"))) for text in (uniform, ragged))
+    assert fast.equals(careful)
+    assert fast["FileID"].tolist() == ["00042", "17", "bad"] and fast["split"].tolist() == ["train", "val", "test"]
+    assert fast.loc[1, list(ZONES)].tolist() == [4, 4, 3, 2, 1, 0] and fast["PatientID"].tolist() == ["P1", "P2", "P3"]

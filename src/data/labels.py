@@ -6,6 +6,7 @@ import codecs
 import csv
 import io
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
                   "validation": "val", "test": "test", "testing": "test"}
 _SEPARATORS = (";", ",", "\t")
 _SPREADSHEET_FLOAT = re.compile(r"(\d+)\.0+")
+_UNKNOWN_WORDS = ("nan", "na", "n/a", "none")
+_SCORE_TEXTS = tuple(str(score) for score in range(UNKNOWN + 1))
+_PLAIN_SCORES = pd.Index([*_SCORE_TEXTS, ""])  # position = score, and "" (last) is Unknown
 
 
 def _shown(text: str, limit: int = 80) -> str:
@@ -65,24 +69,43 @@ def detect_separator(header: str) -> str:
     return max(_SEPARATORS, key=lambda sep: counts[sep])  # ties keep the first, ';' (the legacy layout)
 
 
+def normalize_file_ids(raw: pd.Series) -> pd.Series:
+    """'12345.0' (a spreadsheet's float) -> '12345'; every other ID is kept as written ('00042'),
+    without surrounding whitespace."""
+    ids = raw.str.strip()
+    dotted = ids.str.contains(".", regex=False).to_numpy()  # the regular expression only where it may match
+    ids[dotted] = ids[dotted].str.replace(rf"\A{_SPREADSHEET_FLOAT.pattern}\Z", r"\1", regex=True)
+    return ids
+
+
 def normalize_file_id(raw: str) -> str:
-    """'12345.0' (a spreadsheet's float) -> '12345'; every other ID is kept as written ('00042')."""
-    text = raw.strip()
-    match = _SPREADSHEET_FLOAT.fullmatch(text)
-    return match.group(1) if match else text
+    return normalize_file_ids(pd.Series([raw], dtype=object)).iat[0]
 
 
-def _parse_score(value: str, where: str) -> int:
+def _parse_score(value: str, where: Callable[[], str]) -> int:
     text = value.strip()
-    if text == "" or text.lower() in ("nan", "na", "n/a", "none"):
+    if text == "" or text.lower() in _UNKNOWN_WORDS:
         return UNKNOWN
     try:
         number = float(text)
     except ValueError:
         number = float("nan")
     if not number.is_integer() or not 0 <= number <= UNKNOWN:
-        raise DataError(f"{where}: {value!r} is not a zone score; allowed 0, 1, 2, 3, 4 (Unknown) or empty")
+        raise DataError(f"{where()}: {value!r} is not a zone score; allowed 0, 1, 2, 3, 4 (Unknown) or empty")
     return int(number)
+
+
+def _parse_scores(cells: pd.Series, where: Callable[[int], str]) -> np.ndarray:
+    """_parse_score of every cell, vectorised: numbers and empty cells here, and the few others
+    (Unknown words, errors) through _parse_score itself; `where(row)` names a cell in an error."""
+    numbers = _PLAIN_SCORES.get_indexer(cells).astype(float)  # a hash lookup: most cells are one of these
+    numbers[numbers == len(_SCORE_TEXTS)] = UNKNOWN
+    other = np.flatnonzero(numbers < 0)
+    numbers[other] = pd.to_numeric(cells.iloc[other], errors="coerce").to_numpy(dtype=float)
+    doubtful = np.flatnonzero(~((numbers >= 0) & (numbers <= UNKNOWN) & (numbers == np.round(numbers))))
+    for row in doubtful:
+        numbers[row] = _parse_score(cells.iat[row], lambda row=row: where(row))
+    return numbers.astype(np.int64)
 
 
 def _read_csv(path: Path, separator: str, encoding: str,
@@ -98,7 +121,56 @@ def _read_csv(path: Path, separator: str, encoding: str,
     text = decode_csv(path, encoding)
     if not text.strip():
         raise DataError(f"{path}: the CSV file is empty; expected a header line with {', '.join(required)}")
-    separator = separator or detect_separator(text.lstrip("\r\n").splitlines()[0])
+    separator = separator or detect_separator(re.split(r"\r\n|\r|\n", text.lstrip("\r\n"), maxsplit=1)[0])
+    table = _read_uniform(text, separator, path, required)
+    return table if table is not None else _read_careful(text, separator, path, required)
+
+
+def _columns(header: list[str], line: int, path: Path, required: tuple[str, ...],
+             separator: str) -> dict[str, str]:
+    """Lower-case column name -> name as written; refuses a repeated or missing column."""
+    by_lower: dict[str, str] = {}
+    for name in header:
+        if name and name.lower() in by_lower:
+            raise DataError(f"{path}: column {_shown(name)} appears twice in the header (line {line})")
+        by_lower[name.lower()] = name
+    missing = [c for c in required if c not in by_lower]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {_shown(', '.join(header))} "
+                        f"(separator {separator!r}; set [Data] csv_separator if that is wrong)")
+    return by_lower
+
+
+def _read_uniform(text: str, separator: str, path: Path,
+                  required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]] | None:
+    """_read_csv by pandas' C parser, for the common file (large ones among them): header on line 1,
+    no row longer than it, no line break inside a quoted field. None for any other file, which
+    _read_careful reads (and words the errors of)."""
+    try:
+        grid = pd.read_csv(io.StringIO(text), sep=separator, header=None, dtype=str, na_filter=False,
+                           skip_blank_lines=False, engine="c", quoting=csv.QUOTE_MINIMAL)
+    except (pd.errors.ParserError, ValueError):
+        return None
+    lines = text.count("\n") + (not text.endswith("\n"))
+    if len(grid) != lines or not len(grid):
+        return None  # a quoted line break (or a lone CR line end): row numbers are not line numbers
+    header = [cell.strip() for cell in grid.iloc[0]]
+    if not any(header):
+        return None
+    by_lower = _columns(header, 1, path, required, separator)
+    # A blank row (empty or whitespace cells only) has a blank first cell: check those few one by one.
+    blank = np.zeros(len(grid) - 1, dtype=bool)
+    for row in np.flatnonzero((grid.iloc[1:, 0].str.strip() == "").to_numpy()):
+        blank[row] = not any(cell.strip() for cell in grid.iloc[row + 1])
+    keep = np.flatnonzero(~blank) + 1
+    body = grid.iloc[keep] if blank.any() else grid.iloc[1:]
+    body.columns, body.index = header, keep + 1
+    return body, by_lower
+
+
+def _read_careful(text: str, separator: str, path: Path,
+                  required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """_read_csv row by row with the csv module: any layout, each error with its line."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     rows, lines, end = [], [], 0
     try:
@@ -112,15 +184,7 @@ def _read_csv(path: Path, separator: str, encoding: str,
     if header_at is None:
         raise DataError(f"{path}: the CSV file has no header line; expected one with {', '.join(required)}")
     header = [cell.strip() for cell in rows[header_at]]
-    by_lower: dict[str, str] = {}
-    for name in header:
-        if name and name.lower() in by_lower:
-            raise DataError(f"{path}: column {_shown(name)} appears twice in the header (line {lines[header_at]})")
-        by_lower[name.lower()] = name
-    missing = [c for c in required if c not in by_lower]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {_shown(', '.join(header))} "
-                        f"(separator {separator!r}; set [Data] csv_separator if that is wrong)")
+    by_lower = _columns(header, lines[header_at], path, required, separator)
     width = len(header)
     kept, kept_lines = [], []
     for row, line in zip(rows[header_at + 1:], lines[header_at + 1:]):
@@ -136,7 +200,7 @@ def _read_csv(path: Path, separator: str, encoding: str,
 
 def _file_ids(raw: pd.DataFrame, by_lower: dict[str, str], path: Path) -> pd.DataFrame:
     """FileID (and path, when present) of each row; an empty FileID is refused."""
-    table = pd.DataFrame({"FileID": [normalize_file_id(v) for v in raw[by_lower["fileid"]]]})
+    table = pd.DataFrame({"FileID": normalize_file_ids(raw[by_lower["fileid"]]).to_numpy(dtype=object)})
     empty = np.flatnonzero(table["FileID"] == "")
     if len(empty):
         raise DataError(f"{path}: line {raw.index[empty[0]]}: empty FileID")
@@ -160,9 +224,8 @@ def read_labels(path: str | Path, separator: str = "", encoding: str = "auto") -
     lines = raw.index.to_numpy()
     scores = np.empty((len(raw), len(ZONES)), dtype=np.int64)
     for z, zone in enumerate(ZONES):
-        for row, value in enumerate(raw[by_lower[zone]]):
-            where = f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])}), column {zone}"
-            scores[row, z] = _parse_score(value, where)
+        scores[:, z] = _parse_scores(raw[by_lower[zone]], lambda row, zone=zone: (
+            f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])}), column {zone}"))
         table[zone] = scores[:, z]
     table["csi"] = csi_from_scores(scores)
 
@@ -175,13 +238,15 @@ def read_labels(path: str | Path, separator: str = "", encoding: str = "auto") -
     if "patientid" in by_lower:
         table["PatientID"] = raw[by_lower["patientid"]].str.strip().to_numpy()
     if "split" in by_lower:
-        table["split"] = [_parse_split(v, f"{path}: line {line} (FileID {_shown(file_id)})")
-                          for v, line, file_id in zip(raw[by_lower["split"]], lines, table["FileID"])]
+        table["split"] = _parse_splits(raw[by_lower["split"]], lambda row: (
+            f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])})"))
     return table
 
 
-def _parse_split(value: str, where: str) -> str:
-    name = _SPLIT_ALIASES.get(value.strip().lower())
-    if name is None:
-        raise DataError(f"{where}, column split: {value!r} is not a split; allowed train, val, test")
-    return name
+def _parse_splits(cells: pd.Series, where: Callable[[int], str]) -> np.ndarray:
+    names = cells.str.strip().str.lower().map(_SPLIT_ALIASES)
+    unknown = np.flatnonzero(names.isna().to_numpy())
+    if len(unknown):
+        raise DataError(f"{where(unknown[0])}, column split: {cells.iat[unknown[0]]!r} is not a split; "
+                        "allowed train, val, test")
+    return names.to_numpy(dtype=object)

@@ -28,24 +28,22 @@ def deal_groups(table: pd.DataFrame, fractions: tuple[float, ...], seed: int) ->
     it; each goes to the part furthest below its share of images so far, so every stratum and the
     totals follow `fractions`, and no patient is in two parts.
     """
-    groups = patient_groups(table)
-    per_group = pd.DataFrame({"group": groups.to_numpy(), "stratum": stratum(table["csi"])})
-    summary = per_group.groupby("group", sort=True).agg(
-        stratum=("stratum", lambda s: int(np.median(s))), size=("stratum", "size")
-    )
-    rng = np.random.default_rng(seed)
-    summary["order"] = rng.permutation(len(summary))
-    summary = summary.sort_values(["stratum", "order"])
-
-    target = np.asarray(fractions, dtype=float)
-    assigned = np.zeros(len(target))
-    choice = {}
-    for group, size in zip(summary.index, summary["size"]):
-        deficit = target * (assigned.sum() + size) - assigned
-        best = int(np.argmax(np.where(target > 0, deficit, -np.inf)))
+    codes, _ = pd.factorize(patient_groups(table), sort=True)
+    sizes = np.bincount(codes, minlength=codes.max(initial=-1) + 1)
+    strata = pd.Series(stratum(table["csi"])).groupby(codes).median().to_numpy().astype(int)
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    target = [float(f) for f in fractions]
+    open_parts = [p for p, share in enumerate(target) if share > 0]
+    assigned, total = [0.0] * len(target), 0.0
+    choice = np.empty(len(sizes), dtype=int)
+    # One patient at a time, each choice depending on those before: plain floats, not numpy, per step.
+    for group in np.lexsort((order, strata)).tolist():
+        size = int(sizes[group])
+        total += size
+        best = max(open_parts, key=lambda p: target[p] * total - assigned[p])
         choice[group] = best
         assigned[best] += size
-    return np.array([choice[g] for g in groups], dtype=int)
+    return choice[codes]
 
 
 def assign_splits(table: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> pd.Series:
