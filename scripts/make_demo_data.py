@@ -13,6 +13,9 @@ patient's right on the image's left), is the anatomy. Each lung's visible field 
 
 Output (same --seed, same bytes):
     <out>/images/<FileID>.png   16-bit grayscale, size x size
+    <out>/masks/<FileID>_right_lung_mask.png, <FileID>_left_lung_mask.png
+                                8-bit 0/255, upstream's layout named by patient side: each lung's three
+                                zones, where its opacities were drawn, moved by the image's random affine
     <out>/labels.csv            FileID;right_sup;left_sup;right_mid;left_mid;right_inf;left_inf;csi;PatientID
                                 ';'-separated, Unknown zones are empty cells, csi = mean of known zones
 
@@ -195,17 +198,15 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.clip(np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC)), 0, 1)
 
 
-def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Patient positioning: rotate a few degrees, scale a few percent, shift a little."""
-    size = image.shape[0]
+def _pose(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Patient positioning, as ndimage.affine_transform's (matrix, offset): rotate a few degrees, scale
+    a few percent, shift a little."""
     angle = np.deg2rad(rng.uniform(-4, 4))
     scale = rng.uniform(0.93, 1.07)
     shift = rng.uniform(-0.04, 0.04, 2) * size
     matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
     centre = np.full(2, (size - 1) / 2)
-    # Mirroring the border continues the anatomy without the streaks that repeating edge pixels leave.
-    return ndimage.affine_transform(image, matrix, centre - matrix @ (centre + shift), order=1,
-                                    mode="mirror")
+    return matrix, centre - matrix @ (centre + shift)
 
 
 def render_image(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.SeedSequence) -> np.ndarray:
@@ -214,6 +215,13 @@ def render_image(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.See
     Every random draw is made whatever the scores, so the same seed with other scores gives the
     same image apart from the opacities.
     """
+    return render_case(anatomy, scores, seed)[0]
+
+
+def render_case(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.SeedSequence
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """render_image's radiograph and its lung masks [2, S, S] bool (right, left): each lung's zones,
+    posed like the image."""
     rng = np.random.default_rng(seed)
     size = anatomy.attenuation.shape[0]
     zone_jitter = rng.lognormal(0.0, 0.25, 6)
@@ -248,12 +256,17 @@ def render_image(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.See
     opacity += blobs * anatomy.lung_weight * haze
 
     habitus = rng.uniform(0.9, 1.1)
-    image = _affine(anatomy.attenuation * habitus + opacity, rng) / anatomy.reference
+    matrix, offset = _pose(size, rng)
+    # Mirroring the border continues the anatomy without the streaks that repeating edge pixels leave.
+    image = ndimage.affine_transform(anatomy.attenuation * habitus + opacity, matrix, offset, order=1,
+                                     mode="mirror") / anatomy.reference
+    lungs = np.stack([ndimage.affine_transform(anatomy.zone_masks[side::2].any(axis=0).astype(np.uint8), matrix,
+                                               offset, order=0, mode="constant") > 0 for side in (0, 1)])
     low, high = rng.uniform(0.0, 0.15), rng.uniform(0.9, 1.1)
     image = np.clip((image - low) / (high - low), 0, 1) ** rng.uniform(0.75, 1.3)
     image = image + rng.uniform(0.005, 0.02) * rng.standard_normal((size, size))
     peak = rng.uniform(0.75, 1.0) * np.iinfo(np.uint16).max
-    return np.round(np.clip(image, 0, 1) * peak).astype(np.uint16)
+    return np.round(np.clip(image, 0, 1) * peak).astype(np.uint16), lungs
 
 
 def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> pd.DataFrame:
@@ -266,21 +279,24 @@ def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray)
     return table
 
 
-def _save_image(anatomy: Anatomy, images: Path, task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
+def _save_case(anatomy: Anatomy, out: Path, task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
     file_id, scores, seed = task
-    Image.fromarray(render_image(anatomy, scores, seed)).save(images / f"{file_id}.png")
+    image, lungs = render_case(anatomy, scores, seed)
+    for lung, side in zip(lungs, ("right", "left")):
+        Image.fromarray(lung.astype(np.uint8) * 255).save(out / "masks" / f"{file_id}_{side}_lung_mask.png")
+    Image.fromarray(image).save(out / "images" / f"{file_id}.png")
 
 
 def write_demo_data(
     out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1
 ) -> Path:
-    """Write <out>/images/<FileID>.png and then <out>/labels.csv; return the labels path.
+    """Write <out>/images/<FileID>.png, <out>/masks/ and then <out>/labels.csv; return the labels path.
 
     Each image has its own seed, so the bytes do not depend on `workers` (processes).
     """
     out = Path(out)
-    images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    for folder in ("images", "masks"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
     labels_path = out / "labels.csv"
     # A labels.csv from an earlier run must not survive an interrupted rewrite of its images.
     labels_path.unlink(missing_ok=True)
@@ -289,7 +305,7 @@ def write_demo_data(
     scores, patients = draw_labels(n_images, np.random.default_rng(label_seed))
     anatomy = fit_anatomy(load_phantom(), size)
     file_ids = np.arange(FIRST_FILE_ID, FIRST_FILE_ID + n_images)
-    save = functools.partial(_save_image, anatomy, images)
+    save = functools.partial(_save_case, anatomy, out)
     tasks = zip(file_ids.tolist(), scores, image_seeds)
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
@@ -308,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, required=True, help="directory that gets images/ and labels.csv")
+    parser.add_argument("--out", type=Path, required=True, help="directory that gets images/, masks/ and labels.csv")
     parser.add_argument("--n-images", type=int, default=600, help="number of images (default %(default)s)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default %(default)s)")
@@ -320,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.n_images < 1 or args.size < 32 or args.workers < 1:
         parser.error("--n-images and --workers must be >= 1, --size >= 32")
     labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers)
-    print(f"wrote {args.n_images} images and {labels_path}")
+    print(f"wrote {args.n_images} images, their lung masks and {labels_path}")
 
 
 if __name__ == "__main__":

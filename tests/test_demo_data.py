@@ -146,3 +146,25 @@ def test_zone_brightness_tracks_labels_across_images(anatomy):
             if score != UNKNOWN:
                 by_score[score].append(image[anatomy.zone_masks[zone]].mean())
     assert np.all(np.diff([np.mean(values) for values in by_score]) > 0)
+
+
+def test_lung_masks_are_the_posed_zones_named_by_patient_side(demo_dir, anatomy, tmp_path):
+    from src.config.loader import apply_overrides, load_config
+    from src.data.cache import CacheSettings, build_cache
+    from src.data.masks import build_zone_maps
+
+    file_ids = pd.read_csv(demo_dir / "labels.csv", sep=";")["FileID"].astype(str).tolist()
+    for file_id in file_ids:
+        for side, zones in (("right", anatomy.zone_masks[0::2]), ("left", anatomy.zone_masks[1::2])):
+            lung = np.asarray(Image.open(demo_dir / "masks" / f"{file_id}_{side}_lung_mask.png"))
+            assert set(np.unique(lung)) == {0, 255}
+            drawn = zones.any(axis=0)
+            # Posed by a few degrees and percent: mostly where the zones were drawn, never far off.
+            assert (drawn & (lung > 0)).sum() > 0.7 * drawn.sum()
+            assert abs(int((lung > 0).sum()) - int(drawn.sum())) < 0.2 * drawn.sum()
+    data = apply_overrides(load_config(None), {"Data.image_size": 64, "Data.mask_dir": str(demo_dir / "masks"),
+                                               "Data.cache_dir": str(tmp_path)}).data
+    images = build_cache([demo_dir / "images" / f"{i}.png" for i in file_ids], CacheSettings.from_config(data),
+                         tmp_path)
+    zones = build_zone_maps(images, file_ids, range(len(file_ids)), data, "lung")
+    assert zones.naming["patient side"] == file_ids

@@ -10,6 +10,7 @@ import numpy as np
 
 from src.config.schema import Config
 from src.data.load import load_data, prebuild_cache_part
+from src.data.masks import ZoneMaps, lung_summary
 from src.data.readers import file_extension
 from src.data.summary import label_counts, split_counts
 from src.models.zoo import check_weights
@@ -22,6 +23,16 @@ def _size_range(shapes: np.ndarray) -> str:
     pixels = known[:, 0] * known[:, 1]
     smallest, median, largest = (known[np.argsort(pixels)[k]] for k in (0, len(known) // 2, -1))
     return " / ".join(f"{h}x{w}" for h, w in (smallest, median, largest)) + " (min / median / max, HxW)"
+
+
+def _masks_line(zones: ZoneMaps, cache_rows: np.ndarray, mask_dir: str) -> str:
+    """Coverage, naming and lung areas of a data set's masks."""
+    summary = lung_summary(zones, cache_rows)
+    namings = ", ".join(f"by {name} {len(ids)}" if name != "label image" else f"label images {len(ids)}"
+                        for name, ids in zones.naming.items() if ids) or "none"
+    return (f"{mask_dir}: {summary['coverage']:.0%} of images with lung masks ({len(zones.grid)} on the grid); "
+            f"named {namings}; lung area right {summary['right_area']:.1%} / left {summary['left_area']:.1%} "
+            f"of the input (mean); cached in {zones.masks.path.name} ({zones.masks.decoded} decoded now)")
 
 
 def run_check(cfg: Config, options: dict[str, Any]) -> None:
@@ -44,6 +55,8 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
     images = cache.images
     echo(f"Cache         {cache.path} ({cache.decoded} decoded now, {images.shape[0] - cache.decoded} reused; "
          f"{images.shape[0]} x {images.shape[1]}x{images.shape[2]} {images.dtype}, {images.nbytes / 2**20:.1f} MiB)")
+    if bundle.zones is not None:
+        echo(f"Lung masks    {_masks_line(bundle.zones, table['cache_index'].to_numpy(), cfg.data.mask_dir)}")
     echo("\nZone scores (images per class)")
     echo(label_counts(table).to_string())
     echo("\nSplit")

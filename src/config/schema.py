@@ -120,6 +120,12 @@ class ModelConfig:
         "own region of the feature map (3 rows x 2 columns).",
         choices=("global", "regional"),
     )
+    zone_split: str = key(
+        "lung",
+        "With lung masks ([Data] mask_dir): lung cuts each lung's own height into upper, middle and lower "
+        "thirds; image cuts at thirds of the image height, as upstream CSI-Predictor does.",
+        choices=("lung", "image"),
+    )
 
 
 @dataclass(frozen=True)
@@ -286,6 +292,19 @@ class DataConfig:
         "A missing, empty or corrupt image: error stops and lists them; skip drops them with a "
         "warning and a report.",
         choices=("error", "skip"),
+    )
+    mask_dir: str = key(
+        "", "Lung masks: per FileID upstream's <FileID>_left_lung_mask.png and <FileID>_right_lung_mask.png, or "
+        "one label image <FileID>.png (0 background, one value per lung); .png, .nii or .nii.gz. A lung's "
+        "side is read from its position on the image, so naming by image or patient side both work. Empty: "
+        "no masks, the zones are a fixed 3x2 grid. predict and explain read the masks of the images they "
+        "score from here (--masks DIR).", flag="--masks")
+    on_missing_mask: str = key(
+        "error",
+        "An image whose lung masks are missing or empty: error stops naming the file; grid gives it the "
+        "fixed 3x2 grid's zones (and lets a model trained with masks score images without any: predict "
+        "and explain without --masks).",
+        choices=("error", "grid"),
     )
 
 

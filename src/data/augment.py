@@ -24,10 +24,12 @@ N_UNIFORMS = 13  # per image: rotation, scale, shift x, shift y, flip, brightnes
 class BatchAugmenter:
     """Augments normalised grey batches: `images, targets = augmenter(images, targets)`.
 
-    `images` are [B, 1, H, W] holding (x - mean) / std with x in 0..1, `targets` LongTensor[B, 6].
-    One resampling applies rotation, zoom, shift and horizontal flip (which also mirrors the zone
-    labels); intensity changes act on x and are clamped to 0..1; erasing fills a rectangle with
-    the image mean. A disabled or all-zero config returns its inputs unchanged.
+    `images` are [B, 1, H, W] holding (x - mean) / std with x in 0..1, or [B, 7, H, W] with the six
+    zone masks after it (src/data/dataset.py); `targets` LongTensor[B, 6]. One resampling applies
+    rotation, zoom, shift and horizontal flip to the image and its masks alike; a flip also mirrors
+    the zone labels and masks (the lung now on the image's left is the right lung's). Intensity
+    changes act on x and are clamped to 0..1; erasing fills a rectangle with the image mean; masks
+    keep their values. A disabled or all-zero config returns its inputs unchanged.
     """
 
     def __init__(self, aug: AugmentationConfig, mean: float, std: float) -> None:
@@ -43,18 +45,25 @@ class BatchAugmenter:
         u = torch.rand(images.shape[0], N_UNIFORMS)
         noise_seed = int(torch.randint(0, 2**62, (1,)))
         signed = 2 * u - 1
-        x = images.float().mul(self.std).add_(self.mean)  # 0..1: zero padding and clamping mean black
+        # The image back in 0..1, where zero padding and clamping mean black; masks as they are.
+        x = torch.cat([images[:, :1].float().mul(self.std).add_(self.mean), images[:, 1:].float()], dim=1)
         if self.geometric:
             flip = u[:, 4] < self.aug.horizontal_flip
             x = self._warp(x, signed[:, :4], flip)
             if self.aug.horizontal_flip > 0:
                 targets = torch.where(flip.to(targets.device)[:, None], mirror_zones(targets), targets)
+                if x.shape[1] > 1:
+                    x[:, 1:] = torch.where(flip.to(x.device)[:, None, None, None], mirror_zones(x[:, 1:]), x[:, 1:])
+        image = x[:, :1]
         if self.intensity:
-            x = self._intensity(x, signed[:, 5:8], noise_seed)
+            image = self._intensity(image, signed[:, 5:8], noise_seed)
         if self.aug.erasing_probability > 0:
-            x = self._erase(x, u[:, 8:])
+            image = self._erase(image, u[:, 8:])
         # Writing into empty_like keeps the input's dtype and exact strides (e.g. channels_last).
-        return torch.div(x.sub_(self.mean), self.std, out=torch.empty_like(images)), targets
+        out = torch.empty_like(images)
+        out[:, :1] = image.sub_(self.mean).div_(self.std)
+        out[:, 1:] = x[:, 1:]
+        return out, targets
 
     def _warp(self, x: torch.Tensor, signed: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """Rotate about the centre, zoom, flip and shift each image (signed: [B, 4] in -1..1) at once."""

@@ -8,20 +8,24 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.data.masks import ZoneMaps
 from src.data.preprocess import from_storage
 from src.data.sampler import EpochBatchSampler
+from src.data.zones import ZONES
 
 
 class CSIDataset(Dataset):
-    """Items are (image FloatTensor[1, H, W] normalised, labels LongTensor[6], FileID).
+    """Items are (input FloatTensor[C, H, W], labels LongTensor[6], FileID).
 
     Images come from the cache (`images`, [N, H, W] uint8/uint16): item i is cache row
-    `cache_rows[i]` with `labels[i]` and `file_ids[i]`. Nothing is decoded here.
+    `cache_rows[i]` with `labels[i]` and `file_ids[i]`. Nothing is decoded here. The input's first
+    channel is the normalised image; with `zones` (zone maps by cache row, src/data/masks.py) six more
+    follow, zone ZONES[k]'s 0/1 mask in channel k + 1 (see src/models/factory.py).
     """
 
     def __init__(self, images: np.ndarray, cache_rows: Sequence[int], labels: np.ndarray,
-                 file_ids: Sequence[str], mean: float, std: float) -> None:
-        self.images = images
+                 file_ids: Sequence[str], mean: float, std: float, zones: ZoneMaps | None = None) -> None:
+        self.images, self.zones = images, zones
         self.cache_rows = np.asarray(cache_rows, dtype=np.int64)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.file_ids = list(file_ids)
@@ -31,9 +35,16 @@ class CSIDataset(Dataset):
         return len(self.cache_rows)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        pixels = torch.from_numpy(from_storage(np.asarray(self.images[self.cache_rows[item]])))
-        image = ((pixels - self.mean) / self.std).unsqueeze(0)
-        return image, self.labels[item], self.file_ids[item]
+        return self._inputs(self.cache_rows[[item]])[0], self.labels[item], self.file_ids[item]
+
+    def _inputs(self, rows: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(from_storage(np.asarray(self.images[rows])))
+        images = ((pixels - self.mean) / self.std).unsqueeze(1)
+        if self.zones is None:
+            return images
+        maps = torch.from_numpy(np.asarray(self.zones[rows]))
+        masks = maps[:, None] == torch.arange(1, len(ZONES) + 1, dtype=maps.dtype)[None, :, None, None]
+        return torch.cat([images, masks.float()], dim=1)
 
     def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A whole batch, as collated: the DataLoader calls this instead of __getitem__ per item.
@@ -41,9 +52,7 @@ class CSIDataset(Dataset):
         One gather from the cache and one normalisation per batch, instead of per image plus a collate, keeps
         the loop's wait for the next batch a small part of a step. The values equal the stacked items.
         """
-        pixels = torch.from_numpy(from_storage(self.images[self.cache_rows[items]]))
-        images = ((pixels - self.mean) / self.std).unsqueeze(1)
-        return images, self.labels[items], [self.file_ids[i] for i in items]
+        return self._inputs(self.cache_rows[items]), self.labels[items], [self.file_ids[i] for i in items]
 
 
 def _batched(batch: tuple) -> tuple:

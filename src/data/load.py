@@ -15,6 +15,7 @@ from src.config.schema import Config, DataConfig
 from src.data.cache import CacheSettings, ImageCache, build_cache, prebuild_part
 from src.data.labels import SPLITS, read_labels
 from src.data.locate import locate_images
+from src.data.masks import ZoneMaps, build_zone_maps
 from src.data.preprocess import normalization_stats
 from src.data.split import assign_splits
 from src.data.zones import ZONES
@@ -34,6 +35,7 @@ class DataBundle:
     cache: ImageCache
     mean: float
     std: float
+    zones: ZoneMaps | None = None  # with [Data] mask_dir: each cached image's zone map
 
     def labels(self, split: str | None = None) -> np.ndarray:
         rows = self.table if split is None else self.table[self.table["split"] == split]
@@ -44,7 +46,8 @@ class DataBundle:
 
         rows = self.table[self.table["split"] == split]
         return CSIDataset(self.cache.images, rows["cache_index"].to_numpy(), self.labels(split),
-                          rows["FileID"].tolist(), self.mean, self.std)
+                          rows["FileID"].tolist(), self.mean, self.std,
+                          self.zones)
 
     def with_splits(self, splits: Sequence[str]) -> DataBundle:
         """The same images and labels with another split per row (e.g. a cross-validation fold's)."""
@@ -143,6 +146,8 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     table = table[cache_index >= 0].reset_index(drop=True)
     if table.empty:
         raise DataError(f"{data.labels_csv}: no usable image")
+    zones = (build_zone_maps(cache, table["FileID"].tolist(), table["cache_index"].to_numpy(), data,
+                             cfg.model.zone_split) if data.mask_dir else None)
 
     if split_csv is not None:
         saved = read_split_csv(split_csv)
@@ -155,4 +160,4 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
         table["split"] = assign_splits(table, fractions, cfg.training.seed).to_numpy()
         _check_splits(table, data.labels_csv)
     mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
-    return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std)
+    return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std, zones=zones)

@@ -27,15 +27,22 @@ def resize(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     """Resize to size x size: "plain" stretches, "pad" keeps the aspect ratio and centres on zeros."""
     if mode not in ("plain", "pad"):
         raise ValueError(f"resize mode must be 'plain' or 'pad', got {mode!r}")
-    h, w = image.shape
     if mode == "plain":
         return _interpolate(image, size, size)
-    scale = size / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    top, left, new_h, new_w = placement(image.shape, size, mode)
     out = np.zeros((size, size), dtype=np.float32)
-    top, left = (size - new_h) // 2, (size - new_w) // 2
     out[top : top + new_h, left : left + new_w] = _interpolate(image, new_h, new_w)
     return out
+
+
+def placement(shape: tuple[int, int], size: int, mode: str) -> tuple[int, int, int, int]:
+    """Where `resize` puts an image of `shape` in its size x size output: top, left, height, width."""
+    if mode == "plain":
+        return 0, 0, size, size
+    h, w = shape
+    scale = size / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    return (size - new_h) // 2, (size - new_w) // 2, new_h, new_w
 
 
 def _interpolate(image: np.ndarray, h: int, w: int) -> np.ndarray:

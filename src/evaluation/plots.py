@@ -89,34 +89,64 @@ def _draw_zone_grid(ax, shape: tuple[int, int], highlight: tuple[int, int] | Non
                                fill=False, edgecolor="#ffd400", lw=2.2))
 
 
+def _draw_zone_masks(ax, zones: np.ndarray, highlight: int | None = None) -> None:
+    """Each zone's outline from its mask (`zones` [6, H, W]); zone `highlight`'s outlined boldly."""
+    for z, mask in enumerate(zones):
+        if mask.max() > 0.5:
+            bold = z == highlight
+            ax.contour(mask, levels=[0.5], colors="#ffd400" if bold else "white", linewidths=2.2 if bold else 0.8,
+                       alpha=1 if bold else 0.8)
+
+
+def _zone_centres(zones: np.ndarray | None, shape: tuple[int, int]) -> list[tuple[float, float]]:
+    """(x, y) where each zone's scores are written: its mask's centroid, else its grid cell's centre."""
+    height, width = shape
+    rows, cols = GRID
+    centres = []
+    for z, zone in enumerate(ZONES):
+        if zones is not None and zones[z].max() > 0.5:
+            ys, xs = np.nonzero(zones[z] > 0.5)
+            centres.append((float(xs.mean()), float(ys.mean())))
+        else:
+            r, c = ZONE_CELLS[zone]
+            centres.append(((c + 0.5) * width / cols, (r + 0.5) * height / rows))
+    return centres
+
+
 def _score(score: int) -> str:
     return "U" if score == UNKNOWN else str(score)
 
 
 def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None,
-                       title: str, path: Path) -> None:
+                       title: str, path: Path, zones: np.ndarray | None = None) -> None:
     """A strip: the radiograph with each zone's true and predicted score in its cell, then one
-    panel per zone with its Grad-CAM map (`maps` [6, H, W] in [0, 1]) and its own cell outlined."""
+    panel per zone with its Grad-CAM map (`maps` [6, H, W] in [0, 1]) and its own cell outlined.
+    With `zones` (the zone masks [6, H, W] of a model that reads lung masks) the zones' outlines
+    are drawn instead of the grid."""
     fig = Figure(figsize=(2.1 * (1 + len(ZONES)), 2.9))
     axes = fig.subplots(1, 1 + len(ZONES))
     grey = dict(cmap="gray", vmin=float(np.percentile(image, 1)), vmax=float(np.percentile(image, 99)))
-    height, width = image.shape
-    rows, cols = GRID
+
+    def outline(ax, highlight: int | None = None) -> None:
+        if zones is None:
+            _draw_zone_grid(ax, image.shape, None if highlight is None else ZONE_CELLS[ZONES[highlight]])
+        else:
+            _draw_zone_masks(ax, zones, highlight)
+
     axes[0].imshow(image, **grey)
-    _draw_zone_grid(axes[0], image.shape)
-    for z, zone in enumerate(ZONES):
-        r, c = ZONE_CELLS[zone]
+    outline(axes[0])
+    for z, (zone, (x, y)) in enumerate(zip(ZONES, _zone_centres(zones, image.shape))):
         shown = f"pred {_score(predicted[z])}"
         if truth is not None:
             shown = f"true {_score(truth[z])}\n{shown}"
         wrong = truth is not None and truth[z] != UNKNOWN and truth[z] != predicted[z]
-        axes[0].text((c + 0.5) * width / cols, (r + 0.5) * height / rows, shown, ha="center", va="center",
+        axes[0].text(x, y, shown, ha="center", va="center",
                      fontsize=8.5, color="white", bbox=dict(boxstyle="round,pad=0.25", lw=0, alpha=0.75,
                                                            facecolor="#c0392b" if wrong else "#1f3b57"))
         ax = axes[1 + z]
         ax.imshow(image, **grey)
         ax.imshow(maps[z], cmap="jet", alpha=0.42, vmin=0, vmax=1)
-        _draw_zone_grid(ax, image.shape, highlight=(r, c))
+        outline(ax, z)
         label = CLASS_NAMES[predicted[z]] + ("" if truth is None else f" (true {CLASS_NAMES[truth[z]]})")
         ax.set_title(f"{zone}\n{label}", fontsize=8.5, color="#c0392b" if wrong else "black")
     axes[0].set_title(title, fontsize=8.5)

@@ -58,7 +58,7 @@ def grid_misalignment(model: CSIModel, image: torch.Tensor) -> tuple[float, floa
     centre cell j on pixel stride*j, half a cell above and left of resizing's stride*(j + 1/2) - 1/2:
     16 px for custom_cnn and resnet50, about nothing for densenet121 (its average pools shift back).
     """
-    pixels = image[None].detach().float().requires_grad_(True)
+    pixels = image[None, :1].detach().float().requires_grad_(True)
     with torch.enable_grad():
         features = model.backbone(pixels)
         (h, w), (height, width) = features.shape[-2:], pixels.shape[-2:]
@@ -129,6 +129,7 @@ def write_saliency_figures(model: CSIModel, dataset: CSIDataset, rows: Sequence[
                 title += f", true {true_csi:.2f}"
             path = out_dir / f"{file_id}.png"
             plot_zone_saliency(images[k, 0].cpu().numpy(), maps[k], scores[k],
-                               None if np.isnan(true_csi) else truth, title, path)
+                               None if np.isnan(true_csi) else truth, title, path,
+                               images[k, 1:].cpu().numpy() if images.shape[1] > 1 else None)
             paths.append(path)
     return paths

@@ -19,11 +19,15 @@ ZOOMS = {"none": (), "flip": (1.0,), "flip+scale": (1.0, 0.9, 1.1)}  # each zoom
 
 
 def zoom_images(images: torch.Tensor, zoom: float, background: float) -> torch.Tensor:
-    """`images` [B, C, H, W] magnified `zoom` times about their centre; uncovered pixels = `background`."""
+    """`images` [B, C, H, W] magnified `zoom` times about their centre; uncovered pixels = `background` in the
+    image channel, 0 in the zone masks after it."""
     if zoom == 1.0:
         return images
     theta = torch.tensor([[1 / zoom, 0, 0], [0, 1 / zoom, 0]], dtype=torch.float32, device=images.device)
     grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False)
+    shift = torch.zeros(images.shape[1], device=images.device)
+    shift[0] = background
+    background = shift[:, None, None]
     shifted = images.float() - background  # zero padding in shifted units is the background colour
     return (F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             + background).to(images.dtype)
@@ -43,8 +47,17 @@ class TTAModel(nn.Module):
         for zoom in self.zooms:
             view = zoom_images(images, zoom, self.background)
             total = total + self.probabilities(self.model(view))
-            total = total + mirror_zones(self.probabilities(self.model(view.flip(-1))))
+            total = total + mirror_zones(self.probabilities(self.model(mirror_view(view))))
         return total / (2 * len(self.zooms))
+
+
+def mirror_view(images: torch.Tensor) -> torch.Tensor:
+    """`images` [B, C, H, W] flipped left to right; the zone masks after the image channel (if any) also
+    swap sides, as training's flip does, so that each mask stays with its lung's label."""
+    flipped = images.flip(-1)
+    if images.shape[1] == 1:
+        return flipped
+    return torch.cat([flipped[:, :1], mirror_zones(flipped[:, 1:])], dim=1)
 
 
 def with_tta(model: nn.Module, probabilities: Probabilities, tta: str, mean: float,

@@ -10,14 +10,17 @@ from torch import nn
 from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.config.trained import checkpoint_config
+from src.data.zones import ZONES
 from src.models.heads import ZoneHead
 from src.models.zoo import get_backbone
 from src.utils.checkpoint import load_weights, read_checkpoint
 
 
 class CSIModel(nn.Module):
-    """Grey images [B, 1, H, W] -> logits [B, 6 zones, num_classes].
+    """Inputs [B, C, H, W] -> logits [B, 6 zones, num_classes].
 
+    Channel 0 is the grey image. A model with zone_pooling "mask" (trained with lung masks) reads
+    the six zone masks of src/data/dataset.py in channels 1-6; the others read channel 0 only.
     `arch_name` names the backbone, so that a checkpoint of another architecture can be refused.
     """
 
@@ -34,9 +37,18 @@ class CSIModel(nn.Module):
         self.arch_name = arch_name
         self.backbone = backbone
         self.head = ZoneHead(channels, num_classes, dropout, zone_pooling)
+        self.input_channels = 1 + len(ZONES) * (zone_pooling == "mask")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        if x.shape[1] < self.input_channels:
+            raise ValueError(f"this {self.arch_name} model reads lung zone masks: expected {self.input_channels} "
+                             f"input channels, got {x.shape[1]}")
+        return self.head(self.backbone(x[:, :1]), x[:, 1:self.input_channels] if self.input_channels > 1 else None)
+
+
+def zone_pooling(cfg: Config) -> str:
+    """How the model's zone heads pool: by lung masks when [Data] mask_dir is set, else [Model] zone_pooling."""
+    return "mask" if cfg.data.mask_dir else cfg.model.zone_pooling
 
 
 def build_model(cfg: Config) -> CSIModel:
@@ -44,7 +56,7 @@ def build_model(cfg: Config) -> CSIModel:
     m = cfg.model
     backbone, channels = get_backbone(m.model_arch, m.pretrained, m.pretrained_path, cfg.data.image_size,
                                       m.pretrained_weights)
-    return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, m.zone_pooling)
+    return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, zone_pooling(cfg))
 
 
 def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[CSIModel, Config, dict]:

@@ -21,14 +21,16 @@ ZONE_CELLS = {
     "right_inf": (2, 0),
     "left_inf": (2, 1),
 }
-POOLINGS = ("global", "regional")
+POOLINGS = ("global", "regional", "mask")  # mask: the model reads lung masks ([Data] mask_dir)
 
 
 class ZoneHead(nn.Module):
     """One dropout + linear classifier per zone: [B, C, h, w] -> logits [B, 6, num_classes].
 
     global: every classifier sees the average of the whole map; regional: the map is
-    average-pooled to the 3x2 GRID and each classifier sees its zone's cell only.
+    average-pooled to the 3x2 GRID and each classifier sees its zone's cell only; mask: each
+    classifier sees the map averaged with its zone's mask (`zones` [B, 6, H, W], any H, W) as
+    weights, the mask's share of every feature cell.
     """
 
     def __init__(self, channels: int, num_classes: int = 5, dropout: float = 0.5, pooling: str = "global"):
@@ -41,8 +43,14 @@ class ZoneHead(nn.Module):
             nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes)) for _ in ZONES
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "regional":
+    def forward(self, features: torch.Tensor, zones: torch.Tensor | None = None) -> torch.Tensor:
+        if self.pooling == "mask":
+            weights = F.adaptive_avg_pool2d(zones.to(features.dtype), features.shape[-2:])
+            pooled = torch.einsum("bchw,bzhw->bzc", features, weights)
+            # A zone too small to cover any feature cell pools nothing rather than dividing by 0.
+            pooled = pooled / weights.sum(dim=(2, 3)).clamp_min(1e-6)[:, :, None]
+            inputs = pooled.unbind(1)
+        elif self.pooling == "regional":
             cells = F.adaptive_avg_pool2d(features, GRID)
             inputs = [cells[:, :, row, col] for row, col in (ZONE_CELLS[zone] for zone in ZONES)]
         else:

@@ -35,7 +35,7 @@ def _stats(cfg: Config) -> tuple[float, float]:
 class Renormalized(nn.Module):
     """`model` reading images normalised with the student's (mean, std) as if normalised with its own:
     (x * s_std + s_mean - t_mean) / t_std, so a RAD-DINO teacher and a custom_cnn student each see
-    the input their weights expect."""
+    the input their weights expect. Zone masks after the image channel (src/data/dataset.py) pass as they are."""
 
     def __init__(self, model: nn.Module, student: tuple[float, float], teacher: tuple[float, float]) -> None:
         super().__init__()
@@ -43,7 +43,7 @@ class Renormalized(nn.Module):
         self.scale, self.shift = student[1] / teacher[1], (student[0] - teacher[0]) / teacher[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x * self.scale + self.shift)
+        return self.model(torch.cat([x[:, :1] * self.scale + self.shift, x[:, 1:]], dim=1))
 
 
 def load_teacher(path: str | Path, device: torch.device, student_cfg: Config) -> tuple[nn.Module, Config]:

@@ -101,7 +101,7 @@ def time_steps(cfg: Config, device: torch.device, options: list[Precision]) -> d
     # Weights do not change the speed: random ones, so nothing is read or downloaded.
     base = build_model(apply_overrides(cfg, {"Model.pretrained": False, "Model.pretrained_path": ""}))
     batch, size = probe_batch(cfg, device), cfg.data.image_size
-    images = torch.randn(batch, 1, size, size, device=device)
+    images = torch.randn(batch, base.input_channels, size, size, device=device)
     targets = torch.randint(0, cfg.model.num_classes, (batch, 6), device=device)
     runs = {}
     for option in options:

@@ -19,6 +19,11 @@ class DataError(CSIError):
     """A labels CSV row or an image file that cannot be used."""
 
 
+class MaskError(DataError):
+    """A lung mask file that is missing, empty, not binary, of another size than its image, or named
+    inconsistently with the rest of the mask directory."""
+
+
 class CheckpointError(CSIError):
     """A checkpoint that is missing, corrupt or belongs to another model."""
 
