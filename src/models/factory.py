@@ -59,6 +59,19 @@ def build_model(cfg: Config) -> CSIModel:
     return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, zone_pooling(cfg))
 
 
+def build_architecture(cfg: Config) -> CSIModel:
+    """The model [Model] describes with random weights: nothing is downloaded or read."""
+    return build_model(apply_overrides(cfg, {"Model.pretrained": False, "Model.pretrained_path": ""}))
+
+
+def weight_bytes(cfg: Config) -> int:
+    """The size of the model's weights, from its architecture alone: built on the meta device, it
+    allocates no memory and runs no initialisation."""
+    with torch.device("meta"):
+        model = build_architecture(cfg)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def load_trained_model(cfg: Config, checkpoint: Path) -> tuple[CSIModel, Config, dict]:
     """A checkpoint's model (on the CPU) and the config it was trained with, with `cfg`'s runtime
     keys (device, precision, ...) applied."""

@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial
 
 from src.config.loader import apply_overrides, parse_assignment
 from src.config.schema import Config
+from src.data.load import load_data
 from src.optimization.objective import Objective, SharedDatasets, keep_best_checkpoints, release_memory
 from src.optimization.report import best_params, describe_trial, write_report
 from src.optimization.search_space import parse_space
@@ -147,5 +148,6 @@ def train_best(cfg: Config, hyperparams: str | Path | None = None) -> TrainResul
     origin = (f"study {payload.get('study_name')} (trial {payload.get('best_trial')}, "
               f"{payload.get('metric')} = {payload.get('best_value')}) from {source}")
     values = "\n".join(f"  {key} = {value}" for key, value in params.items())
+    data = load_data(tuned)  # the inputs are checked before the announcement
     logger.info(f"Training with the best hyperparameters of {origin}:\n{values}")
-    return train_model(tuned, provenance=f"Hyperparameters of {origin}:\n{values}")
+    return train_model(tuned, data, provenance=f"Hyperparameters of {origin}:\n{values}")

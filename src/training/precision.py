@@ -33,9 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from src.config.loader import apply_overrides
 from src.config.schema import Config
-from src.models.factory import build_model
+from src.models.factory import build_architecture
 from src.utils.device import autocast, cpu_has_fast_bf16
 from src.utils.io import atomic_write_text
 from src.utils.logging import logger
@@ -99,7 +98,7 @@ def _cache_key(cfg: Config, device: torch.device) -> str:
 def time_steps(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
     """Median seconds of one training step (forward, backward, SGD update) per option."""
     # Weights do not change the speed: random ones, so nothing is read or downloaded.
-    base = build_model(apply_overrides(cfg, {"Model.pretrained": False, "Model.pretrained_path": ""}))
+    base = build_architecture(cfg)
     batch, size = probe_batch(cfg, device), cfg.data.image_size
     images = torch.randn(batch, base.input_channels, size, size, device=device)
     targets = torch.randint(0, cfg.model.num_classes, (batch, 6), device=device)

@@ -16,7 +16,7 @@ from src.data.augment import BatchAugmenter
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
 from src.data.preprocess import normalization_stats
-from src.models.factory import build_model
+from src.models.factory import build_model, weight_bytes
 from src.models.zoo import check_weights, resolve_preprocessing
 from src.training.callbacks import resolve_mode
 from src.training.distillation import build_distillation
@@ -107,16 +107,19 @@ class _Trainer:
             torch.cuda.set_device(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-        settings = LoopSettings.from_config(cfg, self.device)
-        self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
+        # The inputs are checked before any costly work (loading weights, the precision probe, building
+        # the model): labels, splits and image paths, the decoded images, then the disk's free space.
         # Data loaded by the caller (hyperopt, cv) for several runs gets this run's normalisation.
         d = cfg.data
         stats = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
         self.data = replace(data, mean=stats[0], std=stats[1]) if data else load_data(cfg)
+        self._make_loaders()
+        self._require_checkpoint_space()
+        settings = LoopSettings.from_config(cfg, self.device)
+        self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
         self.model = place_model(build_model(cfg), self.device, self.settings)
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
-        self._make_loaders()
         self.criterion = build_criterion(cfg, self.data.labels("train"))
         self.teacher = None
         if cfg.distillation.teacher_checkpoint:
@@ -171,8 +174,6 @@ class _Trainer:
             return None
         cfg, run_dir = self.cfg, None
         if self.dist.is_main:
-            self._require_checkpoint_space(self.resume.path.parent if self.resume
-                                           else self.given_run_dir or Path(cfg.training.output_dir))
             run_dir = self.resume.path.parent if self.resume else self.given_run_dir or create_run_dir(
                 cfg.training.output_dir, cfg.model.model_arch, cfg.training.run_name)
             if self.resume:  # half-written files of a killed process
@@ -189,13 +190,17 @@ class _Trainer:
         self.keeper.run_dir = run_dir
         return run_dir
 
-    def _require_checkpoint_space(self, directory: Path) -> None:
+    def _require_checkpoint_space(self) -> None:
         """Fail before training when the disk cannot hold the run's checkpoints: each holds the
         weights and up to two optimizer moments per weight; a new run keeps best, last and the
         top-k, and one more is being written at a time (a resumed run replaces its own)."""
-        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        if self.debug.fast_dev_run or not self.dist.is_main:
+            return  # nothing written here
+        directory = self.resume.path.parent if self.resume else self.given_run_dir or Path(
+            self.cfg.training.output_dir)
         files = 1 if self.resume else 3 + self.cfg.callbacks.save_top_k
-        require_free_space(directory, 3 * weights * files, "this run's checkpoints ([Training] output_dir)")
+        require_free_space(directory, 3 * weight_bytes(self.cfg) * files,
+                           "this run's checkpoints ([Training] output_dir)")
 
     def _checkpoint(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
         """Everything an exact resume after `epoch` (and `next_batch` batches of the next one)
