@@ -17,6 +17,39 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 ZONE_COLUMNS = "right_sup;left_sup;right_mid;left_mid;right_inf;left_inf"
+# Where this project and its libraries keep what outlives a process (the precision picks,
+# downloaded weights, W&B and matplotlib state). Tests never see the user's: see _empty_caches.
+CACHE_HOMES = ("XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
+               "WANDB_DATA_DIR", "MPLCONFIGDIR")
+
+
+def _cache_homes(root: Path) -> dict[str, str]:
+    homes = {name: root / name.lower() for name in CACHE_HOMES}
+    for home in homes.values():
+        home.mkdir(parents=True)
+    return {name: str(home) for name, home in homes.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _suite_caches(tmp_path_factory):
+    """Empty cache homes for the whole session, so that fixtures shared by a module (which are set
+    up before any test's own) never read or fill the user's caches either."""
+    saved = {name: os.environ.get(name) for name in CACHE_HOMES}
+    os.environ.update(_cache_homes(tmp_path_factory.mktemp("suite-caches")))
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def _empty_caches(_suite_caches, tmp_path_factory, monkeypatch):
+    """Every test starts with its own empty cache homes, which the processes it starts inherit: no
+    test depends on what an earlier one (or an earlier run on this machine) left behind."""
+    for name, home in _cache_homes(tmp_path_factory.mktemp("caches")).items():
+        monkeypatch.setenv(name, home)
 
 
 def write_png_dataset(root: Path, scores: np.ndarray, size: int = 32, patients: list[str] | None = None,
@@ -46,7 +79,9 @@ def write_config(path: Path, data_root: Path, **sections: dict) -> Path:
     base = {
         "Data": {"labels_csv": data_root / "labels.csv", "image_dir": data_root / "images",
                  "image_size": 32, "cache_dir": data_root / "cache"},
-        "Training": {"output_dir": path.parent.parent / "models", "batch_size": 8, "n_epochs": 2},
+        # fp32: exact arithmetic, and no precision probe in every test (those of auto set it)
+        "Training": {"output_dir": path.parent.parent / "models", "batch_size": 8, "n_epochs": 2,
+                     "precision": "fp32"},
         "Model": {"model_arch": "custom_cnn", "pretrained": "false"},
         "Logging": {"log_dir": path.parent.parent / "logs"},
     }

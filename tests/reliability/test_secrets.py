@@ -3,10 +3,11 @@ URL are searched for in every byte a training run and a failed study write, and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from src.utils.secrets import mask_secrets
-from tests.conftest import run_main, write_config
+from tests.conftest import CACHE_HOMES, run_main, write_config
 
 API_KEY = "0123456789abcdef0123456789abcdef01234567"  # the shape of a W&B key; never sent anywhere
 PASSWORD = "pw-Zq81-secret"
@@ -20,7 +21,8 @@ def files_holding(root: Path, secret: str, exclude: Path) -> list[Path]:
 def test_secrets_never_reach_logs_snapshots_checkpoints_or_messages(tmp_path, tiny_dataset):
     config = write_config(tmp_path / "config" / "config.ini", tiny_dataset, Training={"n_epochs": 1},
                           Hyperopt={"storage": STORAGE}, Logging={"tensorboard": "true", "wandb_project": "csi"})
-    env = {"WANDB_API_KEY": API_KEY, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    env = {"WANDB_API_KEY": API_KEY, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_DIR": str(tmp_path / "wandb-home")}
     trained = run_main("--mode", "train", "--storage", STORAGE, cwd=tmp_path, env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     study = run_main("--mode", "hyperopt", "--n-trials", "1", cwd=tmp_path, env=env)
@@ -32,7 +34,8 @@ def test_secrets_never_reach_logs_snapshots_checkpoints_or_messages(tmp_path, ti
     assert {f"models/{run.name}/config.ini", f"models/{run.name}/best_model.pth", "logs/csi_predictor.log"} <= written
     assert any("/logs/tensorboard/" in p for p in written) and any("/wandb/" in p for p in written)
     for secret in (PASSWORD, API_KEY):
-        assert files_holding(tmp_path, secret, exclude=config) == []
+        for root in [tmp_path, *(Path(os.environ[name]) for name in CACHE_HOMES)]:  # the caches too
+            assert files_holding(root, secret, exclude=config) == []
         for output in (trained.stdout, trained.stderr, study.stdout, study.stderr):
             assert secret not in output
     assert "storage = postgresql://csi:***@127.0.0.1:1/optuna" in (run / "config.ini").read_text()
