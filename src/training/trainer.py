@@ -96,8 +96,7 @@ class _Trainer:
     def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: ResumePoint | None,
                  provenance: str = "", run_dir: Path | None = None) -> None:
         check_weights(cfg.model)  # cheap: before any data work; the weights load with the model
-        cfg = resolve_preprocessing(cfg)
-        self.cfg, self.debug, self.resume = cfg, debug, resume
+        self.debug, self.resume = debug, resume
         self.provenance, self.given_run_dir = provenance, run_dir
         seed_everything(cfg.training.seed)
         self.device = resolve_device(cfg.training.device)
@@ -109,10 +108,13 @@ class _Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         # The inputs are checked before any costly work (loading weights, the precision probe, building
         # the model): labels, splits and image paths, the decoded images, then the disk's free space.
-        # Data loaded by the caller (hyperopt, cv) for several runs gets this run's normalisation.
+        data = data or load_data(cfg)
+        # The data gets this run's normalisation: its weights' (which resolving announces), and data
+        # loaded by the caller (hyperopt, cv) for several runs may have been normalised for another.
+        self.cfg = cfg = resolve_preprocessing(cfg)
         d = cfg.data
         stats = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
-        self.data = replace(data, mean=stats[0], std=stats[1]) if data else load_data(cfg)
+        self.data = replace(data, mean=stats[0], std=stats[1])
         self._make_loaders()
         self._require_checkpoint_space()
         settings = LoopSettings.from_config(cfg, self.device)
