@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.masks import ZoneMaps
+from src.data.masks import ZoneMaps, one_hot_zones
 from src.data.preprocess import from_storage
 from src.data.sampler import EpochBatchSampler
-from src.data.zones import ZONES
 
 
 class CSIDataset(Dataset):
@@ -42,9 +41,7 @@ class CSIDataset(Dataset):
         images = ((pixels - self.mean) / self.std).unsqueeze(1)
         if self.zones is None:
             return images
-        maps = torch.from_numpy(np.asarray(self.zones[rows]))
-        masks = maps[:, None] == torch.arange(1, len(ZONES) + 1, dtype=maps.dtype)[None, :, None, None]
-        return torch.cat([images, masks.float()], dim=1)
+        return torch.cat([images, torch.from_numpy(one_hot_zones(self.zones[rows]))], dim=1)
 
     def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """A whole batch, as collated: the DataLoader calls this instead of __getitem__ per item.

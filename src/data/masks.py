@@ -32,6 +32,7 @@ from src.config.schema import DataConfig
 from src.data.cache import CacheSettings, ImageCache, build_cache, register_decoder
 from src.data.preprocess import placement, resize
 from src.data.readers import read_image
+from src.data.zones import ZONES
 from src.utils.errors import DataError, MaskError
 from src.utils.logging import logger
 
@@ -41,6 +42,11 @@ PAIR_SUFFIXES = ("_right_lung_mask", "_left_lung_mask")  # upstream's names, rig
 NAMINGS = ("image side", "patient side", "label image")
 GRID_ROW = -1  # ZoneMaps.lungs entry of an image that gets the grid
 _LISTED = 5  # FileIDs named when a directory mixes namings
+
+
+def reads_masks(data: DataConfig) -> bool:
+    """Whether a model trained with `data` reads lung masks: it does when [Data] mask_dir was set."""
+    return bool(data.mask_dir)
 
 
 @register_decoder(MASK_DECODER)
@@ -115,6 +121,24 @@ class ZoneMaps:
                 third = _thirds(top, bottom, self.size)
                 out[k][lung] = np.broadcast_to((2 * third + side + 1)[:, None], lung.shape)[lung]
         return out
+
+
+def one_hot_zones(maps: np.ndarray) -> np.ndarray:
+    """Zone maps [B, S, S] -> float32 zone masks [B, 6, S, S], channel k 1 inside zone ZONES[k]: what a
+    model trained with masks reads after the image channel."""
+    return (maps[:, None] == np.arange(1, len(ZONES) + 1, dtype=maps.dtype)[None, :, None, None]).astype(np.float32)
+
+
+def scoring_zones(data: DataConfig, split: str, model_name: str | Path, file_ids: Sequence[str],
+                  cache: ImageCache, cache_rows: Sequence[int]) -> ZoneMaps:
+    """The zone maps a model trained with lung masks scores new images with: from `data.mask_dir` (today's
+    [Data] mask_dir or --masks), else the grid's when on_missing_mask = grid; `model_name` names it in errors."""
+    if data.mask_dir:
+        return build_zone_maps(cache, file_ids, cache_rows, data, split)
+    if data.on_missing_mask == "grid":
+        return grid_zone_maps(cache, file_ids, cache_rows, data)
+    raise MaskError(f"{model_name}: this model was trained with lung masks; give the images' masks with --masks DIR "
+                    "(or [Data] mask_dir), or set [Data] on_missing_mask = grid to score them on the 3x2 grid's zones")
 
 
 def _thirds(top: int, bottom: int, size: int) -> np.ndarray:

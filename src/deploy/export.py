@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from src.config.schema import Config
-from src.deploy.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, describe_model
+from src.data.zones import ZONES
+from src.deploy.metadata import INPUT_NAMES, METADATA_KEY, OUTPUT_NAME, describe_model
 from src.evaluation.calibration import fitted_tta
 from src.models.factory import load_trained_model
 from src.training.loss import probabilities_for
@@ -46,34 +47,46 @@ class ScoringModel(nn.Module):
         self.model = model
         self.probabilities = probabilities
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.probabilities(self.model(image))
+    def forward(self, image: torch.Tensor, zone_masks: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = image if zone_masks is None else torch.cat([image, zone_masks], dim=1)
+        return self.probabilities(self.model(inputs))
 
 
-def sample_inputs(image_size: int, seed: int = 0) -> list[torch.Tensor]:
-    """Normalised-looking random images, one batch per size in SAMPLE_BATCH_SIZES."""
+Inputs = tuple[torch.Tensor, ...]  # the image, and the zone masks of a model that reads them
+
+
+def sample_inputs(image_size: int, seed: int = 0, masks: bool = False) -> list[Inputs]:
+    """Normalised-looking random images (and, with `masks`, zone masks cut from random zone maps), one
+    batch per size in SAMPLE_BATCH_SIZES."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, 1, image_size, image_size, generator=generator) for n in SAMPLE_BATCH_SIZES]
+    batches = []
+    for n in SAMPLE_BATCH_SIZES:
+        image = torch.randn(n, 1, image_size, image_size, generator=generator)
+        maps = torch.randint(0, len(ZONES) + 1, (n, 1, image_size, image_size), generator=generator)
+        zone_masks = (maps == torch.arange(1, len(ZONES) + 1)[None, :, None, None]).float()
+        batches.append((image, zone_masks) if masks else (image,))
+    return batches
 
 
-def _onnx_bytes(model: nn.Module, example: torch.Tensor, metadata: str) -> bytes:
+def _onnx_bytes(model: nn.Module, example: Inputs, metadata: str) -> bytes:
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's own progress and deprecation chatter
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), verbose=False)
+        program = torch.onnx.export(model, example, dynamo=True, opset_version=ONNX_OPSET,
+                                    input_names=list(INPUT_NAMES[:len(example)]), output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=tuple({0: batch} for _ in example), verbose=False)
     program.model.metadata_props[METADATA_KEY] = metadata
     return program.model_proto.SerializeToString()
 
 
-def _onnx_runner(data: bytes) -> Callable[[torch.Tensor], np.ndarray]:
+def _onnx_runner(data: bytes) -> Callable[[Inputs], np.ndarray]:
     import onnxruntime
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    return lambda x: session.run([OUTPUT_NAME], {name: t.numpy() for name, t in zip(INPUT_NAMES, x)})[0]
 
 
-def _torchscript_bytes(model: nn.Module, example: torch.Tensor, metadata: str) -> bytes:
+def _torchscript_bytes(model: nn.Module, example: Inputs, metadata: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
         # check_trace would re-trace and compare graphs; the ViT encoder's attention takes a fused
@@ -84,23 +97,23 @@ def _torchscript_bytes(model: nn.Module, example: torch.Tensor, metadata: str) -
     return buffer.getvalue()
 
 
-def _torchscript_runner(data: bytes) -> Callable[[torch.Tensor], np.ndarray]:
+def _torchscript_runner(data: bytes) -> Callable[[Inputs], np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    return lambda x: loaded(x).numpy()
+    return lambda x: loaded(*x).numpy()
 
 
 _EXPORTERS = {"onnx": (_onnx_bytes, _onnx_runner), "torchscript": (_torchscript_bytes, _torchscript_runner)}
 
 
-def largest_difference(model: nn.Module, run_exported: Callable[[torch.Tensor], np.ndarray],
-                       inputs: list[torch.Tensor]) -> float:
+def largest_difference(model: nn.Module, run_exported: Callable[[Inputs], np.ndarray],
+                       inputs: list[Inputs]) -> float:
     """The largest absolute difference between PyTorch's and the exported model's outputs."""
     worst = 0.0
     with torch.no_grad():
         for x in inputs:
-            expected = model(x).numpy()
+            expected = model(*x).numpy()
             got = run_exported(x)
             if got.shape != expected.shape:
                 return float("inf")
@@ -110,9 +123,10 @@ def largest_difference(model: nn.Module, run_exported: Callable[[torch.Tensor], 
 
 def write_exported(scoring: nn.Module, fmt: str, image_size: int, metadata: dict, output: Path, what: str) -> float:
     """Export `scoring` as `fmt` to `output` once its outputs match PyTorch's; returns the largest
-    difference. `what` names the model in errors."""
+    difference. `what` names the model in errors; a model whose metadata names a mask input takes
+    the zone masks as its second input."""
     to_bytes, runner = _EXPORTERS[fmt]
-    inputs = sample_inputs(image_size)
+    inputs = sample_inputs(image_size, masks=metadata.get("mask_input") is not None)
     try:
         data = to_bytes(scoring, inputs[0], json.dumps(metadata))
     except Exception as exc:  # the exporters raise many types; each means this model cannot be exported

@@ -12,13 +12,15 @@ import json
 from typing import Any
 
 from src.config.schema import Config, DataConfig
+from src.data.masks import reads_masks
 from src.data.preprocess import normalization_stats
 from src.data.zones import CLASS_NAMES, ZONES
 from src.utils.errors import ExportError
 
 METADATA_KEY = "csi_predictor"  # ONNX metadata_props key / TorchScript extra file holding the JSON
 METADATA_FORMAT = 1
-INPUT_NAME, OUTPUT_NAME = "image", "probabilities"
+INPUT_NAME, MASK_INPUT_NAME, OUTPUT_NAME = "image", "zone_masks", "probabilities"
+INPUT_NAMES = (INPUT_NAME, MASK_INPUT_NAME)  # the second only for a model trained with lung masks
 # Preprocessing keys of [Data] that decide the pixels the model reads, recorded under these names.
 _PIXEL_KEYS = ("image_size", "resize_mode", "clip_low_percentile", "clip_high_percentile", "cache_dtype")
 
@@ -27,6 +29,7 @@ def describe_model(cfg: Config, temperature: float | None) -> dict[str, Any]:
     """The metadata of a model trained with `cfg` (its checkpoint's config)."""
     mean, std = normalization_stats(cfg.data.normalization, cfg.data.normalization_mean,
                                     cfg.data.normalization_std)
+    size = cfg.data.image_size
     return {
         "format": METADATA_FORMAT,
         "arch": cfg.model.model_arch,
@@ -35,6 +38,10 @@ def describe_model(cfg: Config, temperature: float | None) -> dict[str, Any]:
         | {"normalization_mean": mean, "normalization_std": std},
         "input": f"{INPUT_NAME}: float32 [batch, 1, {cfg.data.image_size}, {cfg.data.image_size}], "
                  "pixels scaled to 0..1 as preprocessed, then (x - normalization_mean) / normalization_std",
+        "mask_input": (f"{MASK_INPUT_NAME}: float32 [batch, zones, {size}, {size}], channel k 1 inside zone k "
+                       "and 0 elsewhere, from the image's lung masks resized like the image (src/data/masks.py)"
+                       if reads_masks(cfg.data) else None),
+        "zone_split": cfg.model.zone_split,
         "output": f"{OUTPUT_NAME}: float32 [batch, zones, classes], class probabilities per zone",
         "zones": list(ZONES),
         "classes": list(CLASS_NAMES),

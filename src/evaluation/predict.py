@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 
 from src.config.schema import Config
-from src.data.cache import ImageCache
 from src.data.dataset import CSIDataset, make_loader
 from src.data.inputs import cache_inputs
-from src.data.masks import ZoneMaps, build_zone_maps, grid_zone_maps
+from src.data.masks import scoring_zones
 from src.data.preprocess import normalization_stats
 from src.data.zones import UNKNOWN, ZONES
 from src.evaluation.calibration import apply_temperature, stored_temperature
@@ -24,7 +23,6 @@ from src.evaluation.predictions import predictions_table
 from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
 from src.training.loop import Predictions, predict_batches
-from src.utils.errors import MaskError
 from src.utils.io import atomic_write_csv
 
 
@@ -40,25 +38,14 @@ def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
     usable, cache, cache_rows = cache_inputs(cfg, data, source)
     mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,
                                     trained_cfg.data.normalization_std)
-    zones = scoring_zones(cfg, trained_cfg, model, checkpoint, usable["FileID"].tolist(), cache, cache_rows)
+    zones = None
+    if model.input_channels > 1:  # trained with lung masks: those of today's [Data] mask_dir (--masks)
+        masks = dataclasses.replace(data, mask_dir=cfg.data.mask_dir, on_missing_mask=cfg.data.on_missing_mask)
+        zones = scoring_zones(masks, trained_cfg.model.zone_split, checkpoint, usable["FileID"].tolist(), cache,
+                              cache_rows)
     dataset = CSIDataset(cache.images, cache_rows, np.full((len(usable), len(ZONES)), UNKNOWN),
                          usable["FileID"].tolist(), mean, std, zones)
     return model, trained_cfg, dataset, temperature
-
-
-def scoring_zones(cfg: Config, trained_cfg: Config, model: CSIModel, checkpoint: str | Path, file_ids: list[str],
-                  cache: ImageCache, cache_rows: np.ndarray) -> ZoneMaps | None:
-    """The zone maps a model trained with lung masks scores with: from today's [Data] mask_dir (--masks),
-    else the grid's with on_missing_mask = grid; None for a model that reads no masks."""
-    if model.input_channels == 1:
-        return None
-    data = dataclasses.replace(trained_cfg.data, mask_dir=cfg.data.mask_dir, on_missing_mask=cfg.data.on_missing_mask)
-    if data.mask_dir:
-        return build_zone_maps(cache, file_ids, cache_rows, data, trained_cfg.model.zone_split)
-    if data.on_missing_mask == "grid":
-        return grid_zone_maps(cache, file_ids, cache_rows, data)
-    raise MaskError(f"{checkpoint}: this model was trained with lung masks; give the images' masks with --masks DIR "
-                    "(or [Data] mask_dir), or set [Data] on_missing_mask = grid to score them on the 3x2 grid's zones")
 
 
 def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,

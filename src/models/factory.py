@@ -10,6 +10,7 @@ from torch import nn
 from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.config.trained import checkpoint_config
+from src.data.masks import reads_masks
 from src.data.zones import ZONES
 from src.models.heads import ZoneHead
 from src.models.zoo import get_backbone
@@ -48,7 +49,7 @@ class CSIModel(nn.Module):
 
 def zone_pooling(cfg: Config) -> str:
     """How the model's zone heads pool: by lung masks when [Data] mask_dir is set, else [Model] zone_pooling."""
-    return "mask" if cfg.data.mask_dir else cfg.model.zone_pooling
+    return "mask" if reads_masks(cfg.data) else cfg.model.zone_pooling
 
 
 def build_model(cfg: Config) -> CSIModel:
