@@ -90,7 +90,9 @@ def test_maps_sit_where_the_cnn_cells_look():
 
 
 @pytest.mark.parametrize("arch, size", [("custom_cnn", 64), ("resnet50", 64), ("densenet121", 64),
-                                        ("vit_b_16", 32)])
+                                        ("vit_b_16", 32), pytest.param("chexnet", 64, marks=pytest.mark.long),
+                                        pytest.param("raddino", 28, marks=pytest.mark.long),
+                                        ("timm:test_resnet.r160_in1k", 64), ("timm:test_vit.r160_in1k", 32)])
 def test_every_architecture_gives_one_map_per_zone(arch, size):
     torch.manual_seed(0)
     cfg = apply_overrides(Config(), {"Model.model_arch": arch, "Model.pretrained": False, "Data.image_size": size})

@@ -6,16 +6,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
 
 from src.config.schema import Config, DataConfig, ModelConfig
+from src.deploy.export import ScoringModel, write_exported
 from src.deploy.metadata import METADATA_KEY
+from src.evaluation.saliency import cam_layer, zone_cams
+from src.models.factory import build_model
 from src.models.zoo import get_backbone, resolve_preprocessing
+from src.models.zoo.catalog import describe
+from src.training.loss import probabilities_for
 from tests.conftest import run_main, write_config
 from tests.zoo_caches import (
+    write_hf_vit_cache,
     write_raddino_cache,
     write_timm_cache,
     write_torchvision_cache,
@@ -50,6 +57,44 @@ def test_raddino_from_the_hub_cache_equals_transformers_patch_tokens(caches, siz
             backbone, channels = get_backbone("raddino", pretrained=True, pretrained_path=path, image_size=size)
             torch.testing.assert_close(backbone.eval()(x), expected, rtol=0, atol=1e-5)
     assert channels == 32
+
+
+def test_hf_vit_from_the_hub_cache_equals_its_patch_tokens_at_another_size(caches):
+    model = write_hf_vit_cache(caches["HF_HOME"], caches["work"], "tiny-org/tiny-vit")
+    x = torch.rand(2, 1, 48, 48)
+    backbone, channels = get_backbone("hf:tiny-org/tiny-vit", pretrained=True, image_size=48)
+    with torch.no_grad():
+        tokens = model(pixel_values=x.repeat(1, 3, 1, 1), interpolate_pos_encoding=True).last_hidden_state
+        torch.testing.assert_close(backbone.eval()(x), _grid(tokens[:, 1:], 48, 8), rtol=0, atol=1e-5)
+    assert channels == 32
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("arch, size", [("raddino", 56), ("hf:tiny-org/tiny-vit", 32),
+                                        ("timm:test_resnet.r160_in1k", 32)])
+def test_transformer_and_timm_backbones_export_to_both_formats_with_parity(caches, arch, size):
+    if arch == "raddino":
+        write_raddino_cache(caches["HF_HOME"], caches["work"])
+    elif arch.startswith("hf:"):
+        write_hf_vit_cache(caches["HF_HOME"], caches["work"], arch.removeprefix("hf:"))
+    else:
+        write_timm_cache(caches["HF_HOME"], caches["work"], arch.removeprefix("timm:"))
+    cfg = Config(model=ModelConfig(model_arch=arch, pretrained=True), data=DataConfig(image_size=size))
+    scoring = ScoringModel(build_model(cfg).eval(), probabilities_for("weighted_ce")).eval()
+    for fmt in ("onnx", "torchscript"):
+        output = caches["work"] / f"model.{fmt}"
+        assert write_exported(scoring, fmt, size, {"arch": arch}, output, arch) <= 1e-4
+        assert output.is_file()
+
+
+def test_raddino_grad_cam_weighs_its_last_encoder_block_on_the_patch_grid(caches):
+    write_raddino_cache(caches["HF_HOME"], caches["work"])
+    model = build_model(Config(model=ModelConfig(model_arch="raddino", pretrained=True),
+                               data=DataConfig(image_size=56)))
+    layer, _ = cam_layer(model, (56, 56))
+    assert layer is model.backbone.model.encoder.layer[-1]
+    maps = zone_cams(model, torch.randn(2, 1, 56, 56), np.array([[0, 1, 2, 3, 4, 0], [3, 3, 2, 1, 0, 0]]))
+    assert maps.shape == (2, 6, 56, 56) and np.isfinite(maps).all() and maps.std(axis=(2, 3)).max() > 0.05
 
 
 def test_raddino_refuses_sizes_its_patches_do_not_tile(caches):
@@ -161,3 +206,26 @@ def test_missing_weights_offline_is_one_line_and_exit_2_before_any_data_work(cac
         assert all(name in line for name in names)
         assert "pretrained = false" in line and "pretrained_path" in line
         assert not (tiny_dataset / "cache").exists()  # refused before the images were read
+
+
+def test_raddino_uncached_is_described_as_rad_dino_vit_b_14(caches):
+    info = describe("raddino")
+    assert (round(info.params / 1e6, 1), info.channels, info.native_size, info.sizes) == \
+        (86.3, 768, 518, "multiples of 14")
+
+
+def test_models_mode_lists_every_backbone_and_what_is_cached(caches, tiny_dataset):
+    write_raddino_cache(caches["HF_HOME"], caches["work"])
+    write_config(caches["work"] / "config" / "config.ini", tiny_dataset,
+                 Model={"model_arch": "timm:test_vit.r160_in1k"})
+    env = {name: str(path) for name, path in caches.items() if name != "work"} | {"HF_HUB_OFFLINE": "1"}
+    result = run_main("--mode", "models", cwd=caches["work"], env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    for name in ("resnet50", "densenet121", "chexnet", "custom_cnn", "vit_b_16", "raddino",
+                 "timm:test_vit.r160_in1k"):
+        assert name in rows
+    assert rows["raddino"].split()[2:4] == ["32", "56"]  # the cached snapshot's config and preprocessor
+    assert "hub microsoft/rad-dino (cached)" in rows["raddino"]
+    assert "(0 of 7 cached)" in rows["chexnet"] and "not cached" in rows["resnet50"]
+    assert rows["timm:test_vit.r160_in1k"].split()[3] == "160"

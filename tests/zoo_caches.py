@@ -96,3 +96,17 @@ def write_torchvision_cache(torch_home: Path, weights: str) -> object:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / Path(urlparse(entry.url).path).name)
     return model
+
+
+def write_hf_vit_cache(hf_home: Path, work: Path, repo: str) -> object:
+    """A tiny transformers ViT (patch 8, 32 px, no pooler) in HF_HOME's hub cache as `repo`."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       patch_size=8, image_size=32)
+    model = ViTModel(config, add_pooling_layer=False).eval()
+    saved = work / "saved_vit"
+    model.save_pretrained(saved)
+    write_hub_snapshot(hf_home / "hub", repo, {n: saved / n for n in ("config.json", "model.safetensors")})
+    return model
