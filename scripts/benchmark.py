@@ -616,6 +616,29 @@ def onnx_inference(bench: Bench) -> Section:
         "predict --runtime onnx runs this path without importing PyTorch."])
 
 
+@comparison("backbones", "Backbones: training images/s at their native size, fp32 vs bf16, and peak memory")
+def backbones(bench: Bench) -> Section:
+    # Seed backbones at the size their weights were trained at; random weights (speed does not depend on
+    # them). Each runs in a child process so that its peak RSS is the backbone's own.
+    batch, steps = bench.size(2, 2), bench.size(3, 1)
+    seeds = bench.size((("custom_cnn", 224), ("resnet50", 224), ("chexnet", 224), ("raddino", 518)),
+                       (("custom_cnn", 32),))
+    rows = []
+    for arch, size in seeds:
+        child = run_child([sys.executable, str(ROOT / "scripts" / "bench_backbones.py"), arch, str(size), str(batch),
+                           str(steps), str(bench.rounds)], ROOT, sample_memory=True)
+        rates = json.loads(child.output.strip().splitlines()[-1])
+        rows.append(Row(f"{arch} {size} px batch {batch}: training images/s, bf16 + channels_last vs fp32",
+                        Measure("fp32", rates["fp32"], "img/s"),
+                        Measure("bf16 + channels_last", rates["bf16 + channels_last"], "img/s")))
+        rows.append(Row(f"{arch} {size} px batch {batch}: peak RSS of the training process", None,
+                        Measure("peak RSS", [child.peak_rss], "bytes")))
+    return Section("Backbones", rows, notes=[
+        f"{steps} training steps (forward, backward, Adam) of {batch} synthetic images per round, {bench.rounds} "
+        "rounds alternating fp32 and bf16 autocast; recorded figures, no target. Peak RSS is of a process holding "
+        "both copies of the model (one per arithmetic), imports included. CPU only: no GPU was lent to this task."])
+
+
 @comparison("gpu", "GPU")
 def gpu(bench: Bench) -> Section:
     import torch

@@ -35,6 +35,9 @@ MODES: dict[str, tuple[str, str]] = {
     "compare": ("src.cli.compare:run_compare",
                 "two runs on the same test images: paired bootstrap differences, McNemar per zone (--run A --run B)"),
     "cv": ("src.cli.cv:run_cv", "k-fold cross-validation grouped by patient (--folds K); rerun to continue"),
+    "models": ("src.cli.models:run_models",
+               "list every backbone: parameters, sizes, weight sources and whether they are cached; --measure: "
+               "training img/s here"),
     "check": ("src.cli.check:run_check",
               "validate config, labels and every image (building the cache); print a summary"),
     "sweep": ("src.cli.sweep:run_sweep",
@@ -93,6 +96,7 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--fast-dev-run", is_flag=True, help="train: one batch of train and val, nothing written.")
 @click.option("--overfit-batches", type=click.IntRange(min=1), metavar="N",
               help="train: fit and validate on the first N training batches (debugging).")
+@click.option("--measure", is_flag=True, help="models: also time training steps of each backbone (img/s).")
 @click.option("--hyperparams", type=click.Path(dir_okay=False),
               help="train-optimized: best_params.json written by hyperopt.")
 @click.option("--sweep-config", type=click.Path(dir_okay=False),

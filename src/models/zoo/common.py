@@ -57,6 +57,11 @@ def hub_cache_dir() -> Path:
     return Path(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")).expanduser() / "hub"
 
 
+def hub_repo_dir(repo: str) -> Path:
+    """Where huggingface_hub keeps `repo` in its cache."""
+    return hub_cache_dir() / f"models--{repo.replace('/', '--')}"
+
+
 def cached_hub_file(repo: str, filename: str) -> Path | None:
     """`filename` of `repo`'s main revision in the hub cache, or None; never touches the network."""
     from huggingface_hub import try_to_load_from_cache

@@ -26,6 +26,7 @@ from src.models.zoo.common import (
     hub_cache_dir,
     hub_file,
     hub_offline,
+    hub_repo_dir,
 )
 from src.models.zoo.torchvision_models import tokens_to_grid
 from src.utils.errors import ConfigError, first_line
@@ -47,7 +48,7 @@ def repo_of(name: str) -> str:
 def _fixes(repo: str) -> str:
     return (f"set [Model] pretrained = false, or pretrained_path = DIR (a local snapshot directory with "
             f"{CONFIG_FILE} and {WEIGHTS_FILE}), or on a machine with network run `hf download {repo}` and copy its "
-            f"models--{repo.replace('/', '--')} into this hub cache")
+            f"{hub_repo_dir(repo).name} into this hub cache")
 
 
 class HFFeatures(nn.Module):
@@ -124,15 +125,16 @@ def build(name: str, pretrained: bool, pretrained_path: str, image_size: int) ->
             raise ConfigError(f"[Model] {name}: {source} cannot be loaded by transformers "
                               f"({first_line(exc)})") from None
     else:
-        model = transformers.AutoModel.from_config(_config(name, repo))
+        model = transformers.AutoModel.from_config(hf_config(name))
     _check_size(name, model, image_size)
     return HFFeatures(_grey(model, source if pretrained_path or pretrained else repo)), model.config.hidden_size
 
 
-def _config(name: str, repo: str):
+def hf_config(name: str):
     """The architecture of `name` for an untrained model: its cached config.json, else RAD-DINO's."""
     import transformers
 
+    repo = repo_of(name)
     cached = cached_hub_file(repo, CONFIG_FILE)
     if cached is None and name == "raddino":
         return transformers.AutoConfig.for_model(**RADDINO_CONFIG)
@@ -166,8 +168,7 @@ def preprocessing(name: str, pretrained: bool, pretrained_path: str) -> Preproce
     return Preprocessing(mean, std, int(side or 224), f"{file.name} of {pretrained_path or repo_of(name)}")
 
 
-def weights_sources(name: str) -> list[tuple[str, Path | None]]:
-    """(description, local file or None) of each source of weights of `name`, for --mode models."""
+def weights_sources(name: str) -> list[tuple[str, str, bool]]:
+    """(description, where it is kept, whether it is there) of the hub weights of `name`."""
     repo = repo_of(name)
-    return [(f"hub {repo}", cached_hub_file(repo, WEIGHTS_FILE)),
-            ("pretrained_path = DIR (snapshot directory)", None)]
+    return [(f"hub {repo}", str(hub_repo_dir(repo)), cached_hub_file(repo, WEIGHTS_FILE) is not None)]

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from src.models.zoo.common import Preprocessing, cached_hub_file, grey_stats, hub_file, hub_offline
+from src.models.zoo.common import Preprocessing, cached_hub_file, grey_stats, hub_file, hub_offline, hub_repo_dir
 from src.models.zoo.torchvision_models import tokens_to_grid
 from src.utils.errors import ConfigError, first_line
 
@@ -22,7 +22,7 @@ PREFIX = "timm:"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def _pretrained_cfg(name: str):
+def pretrained_cfg(name: str):
     import timm
 
     model = name.removeprefix(PREFIX)
@@ -37,7 +37,7 @@ def _pretrained_cfg(name: str):
 
 
 def _hub_id(name: str) -> str:
-    cfg = _pretrained_cfg(name)
+    cfg = pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
         raise ConfigError(f"[Model] pretrained = true: timm's {name.removeprefix(PREFIX)} has no weights on the hub; "
                           "set pretrained = false or pretrained_path = FILE")
@@ -47,13 +47,13 @@ def _hub_id(name: str) -> str:
 def _fixes(repo: str) -> str:
     return (f"set [Model] pretrained = false, or pretrained_path = FILE (a state dict or .safetensors), or on a "
             f"machine with network run `hf download {repo} {WEIGHTS_FILE}` and copy its "
-            f"models--{repo.replace('/', '--')} into this hub cache")
+            f"{hub_repo_dir(repo).name} into this hub cache")
 
 
 def check_weights(name: str, pretrained: bool, pretrained_path: str) -> None:
     """Refuse, without loading anything, an unknown model, a missing pretrained_path, or hub weights
     absent from the cache while HF_HUB_OFFLINE is set."""
-    _pretrained_cfg(name)
+    pretrained_cfg(name)
     if pretrained_path:
         if not Path(pretrained_path).is_file():
             raise ConfigError(f"[Model] pretrained_path = {pretrained_path}: file not found; give a state dict or "
@@ -111,17 +111,17 @@ def build(name: str, pretrained: bool, pretrained_path: str, image_size: int) ->
 
 def preprocessing(name: str, pretrained: bool, pretrained_path: str) -> Preprocessing | None:
     """What the model's pretrained weights were trained on (timm's pretrained_cfg); None untrained."""
-    cfg = _pretrained_cfg(name)
+    cfg = pretrained_cfg(name)
     if not (pretrained or pretrained_path) or cfg is None:
         return None
     mean, std = grey_stats(cfg.mean, cfg.std)
     return Preprocessing(mean, std, cfg.input_size[-1], f"timm's pretrained_cfg of {name.removeprefix(PREFIX)}")
 
 
-def weights_sources(name: str) -> list[tuple[str, Path | None]]:
-    """(description, local file or None) of each source of weights, for --mode models."""
-    cfg = _pretrained_cfg(name)
-    sources: list[tuple[str, Path | None]] = [("pretrained_path = FILE", None)]
-    if cfg is not None and cfg.hf_hub_id:
-        sources.insert(0, (f"hub {cfg.hf_hub_id}", cached_hub_file(cfg.hf_hub_id, WEIGHTS_FILE)))
-    return sources
+def weights_sources(name: str) -> list[tuple[str, str, bool]]:
+    """(description, where it is kept, whether it is there) of the hub weights of `name`."""
+    cfg = pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        return []
+    repo = cfg.hf_hub_id
+    return [(f"hub {repo}", str(hub_repo_dir(repo)), cached_hub_file(repo, WEIGHTS_FILE) is not None)]

@@ -228,10 +228,10 @@ def preprocessing(name: str) -> Preprocessing | None:
     return Preprocessing(mean, std, transforms.crop_size[0], f"torchvision's {spec.weights} transforms")
 
 
-def weights_sources(name: str) -> list[tuple[str, Path | None]]:
-    """(description, local file or None) of each source of weights of `name`, for --mode models."""
+def weights_sources(name: str) -> list[tuple[str, str, bool]]:
+    """(description, where it is kept, whether it is there) of each cached source of weights of `name`."""
     spec = BACKBONES[name]
-    sources: list[tuple[str, Path | None]] = [("pretrained_path = FILE.pth (state dict)", None)]
-    if spec.weights:
-        sources.insert(0, (f"torchvision {spec.weights}", _weights_file(spec.weights)))
-    return sources
+    if spec.weights is None:
+        return []
+    file = _weights_file(spec.weights)
+    return [(f"torchvision {spec.weights}", str(file), file.is_file())]

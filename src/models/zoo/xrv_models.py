@@ -101,7 +101,7 @@ def preprocessing(pretrained: bool, pretrained_path: str, weights: str) -> Prepr
     return Preprocessing(XRV_MEAN, XRV_STD, size, "torchxrayvision's intensity convention [-1024, 1024]")
 
 
-def weights_sources(weights: str) -> list[tuple[str, Path | None]]:
-    """(description, local file or None) of each source of weights, for --mode models."""
-    return [(f"torchxrayvision {name}", weights_file(name)) for name in weight_names()] + [
-        ("pretrained_path = FILE.pth (state dict)", None)]
+def weights_sources() -> list[tuple[str, str, bool]]:
+    """(description, where it is kept, whether it is there) of each of torchxrayvision's weights."""
+    return [(f"torchxrayvision {name}", str(weights_file(name)), weights_file(name).is_file())
+            for name in weight_names()]
