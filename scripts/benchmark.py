@@ -639,6 +639,13 @@ def backbones(bench: Bench) -> Section:
         "both copies of the model (one per arithmetic), imports included. CPU only: no GPU was lent to this task."])
 
 
+@comparison("masks", "Lung masks: mask pooling vs the grid on pose-varied data; one pass vs upstream's six")
+def lung_masks(bench: Bench) -> Section:
+    from bench_masks import masks_section
+
+    return masks_section(bench, base_config)
+
+
 @comparison("gpu", "GPU")
 def gpu(bench: Bench) -> Section:
     import torch

@@ -198,12 +198,12 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.clip(np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC)), 0, 1)
 
 
-def _pose(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _pose(size: int, rng: np.random.Generator, pose: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Patient positioning, as ndimage.affine_transform's (matrix, offset): rotate a few degrees, scale
-    a few percent, shift a little."""
-    angle = np.deg2rad(rng.uniform(-4, 4))
-    scale = rng.uniform(0.93, 1.07)
-    shift = rng.uniform(-0.04, 0.04, 2) * size
+    a few percent, shift a little; `pose` times more of each for off-centre, tilted chests."""
+    angle = np.deg2rad(rng.uniform(-4, 4) * pose)
+    scale = 1 + rng.uniform(-0.07, 0.07) * pose
+    shift = rng.uniform(-0.04, 0.04, 2) * size * pose
     matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
     centre = np.full(2, (size - 1) / 2)
     return matrix, centre - matrix @ (centre + shift)
@@ -218,7 +218,7 @@ def render_image(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.See
     return render_case(anatomy, scores, seed)[0]
 
 
-def render_case(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.SeedSequence
+def render_case(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.SeedSequence, pose: float = 1.0
                 ) -> tuple[np.ndarray, np.ndarray]:
     """render_image's radiograph and its lung masks [2, S, S] bool (right, left): each lung's zones,
     posed like the image."""
@@ -256,7 +256,7 @@ def render_case(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.Seed
     opacity += blobs * anatomy.lung_weight * haze
 
     habitus = rng.uniform(0.9, 1.1)
-    matrix, offset = _pose(size, rng)
+    matrix, offset = _pose(size, rng, pose)
     # Mirroring the border continues the anatomy without the streaks that repeating edge pixels leave.
     image = ndimage.affine_transform(anatomy.attenuation * habitus + opacity, matrix, offset, order=1,
                                      mode="mirror") / anatomy.reference
@@ -279,16 +279,17 @@ def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray)
     return table
 
 
-def _save_case(anatomy: Anatomy, out: Path, task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
+def _save_case(anatomy: Anatomy, out: Path, pose: float,
+               task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
     file_id, scores, seed = task
-    image, lungs = render_case(anatomy, scores, seed)
+    image, lungs = render_case(anatomy, scores, seed, pose)
     for lung, side in zip(lungs, ("right", "left")):
         Image.fromarray(lung.astype(np.uint8) * 255).save(out / "masks" / f"{file_id}_{side}_lung_mask.png")
     Image.fromarray(image).save(out / "images" / f"{file_id}.png")
 
 
 def write_demo_data(
-    out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1
+    out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1, pose: float = 1.0
 ) -> Path:
     """Write <out>/images/<FileID>.png, <out>/masks/ and then <out>/labels.csv; return the labels path.
 
@@ -305,7 +306,7 @@ def write_demo_data(
     scores, patients = draw_labels(n_images, np.random.default_rng(label_seed))
     anatomy = fit_anatomy(load_phantom(), size)
     file_ids = np.arange(FIRST_FILE_ID, FIRST_FILE_ID + n_images)
-    save = functools.partial(_save_case, anatomy, out)
+    save = functools.partial(_save_case, anatomy, out, pose)
     tasks = zip(file_ids.tolist(), scores, image_seeds)
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
@@ -332,10 +333,13 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=os.cpu_count() or 1,
         help="processes rendering images; the output does not depend on it (default: all CPUs)",
     )
+    parser.add_argument("--pose", type=float, default=1.0,
+                        help="scale of the random positioning (rotation up to 4 degrees, zoom 7%%, shift 4%% of the "
+                             "side, each times this; default %(default)s)")
     args = parser.parse_args(argv)
-    if args.n_images < 1 or args.size < 32 or args.workers < 1:
-        parser.error("--n-images and --workers must be >= 1, --size >= 32")
-    labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers)
+    if args.n_images < 1 or args.size < 32 or args.workers < 1 or not 0 <= args.pose <= 5:
+        parser.error("--n-images and --workers must be >= 1, --size >= 32, --pose within 0-5")
+    labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers, args.pose)
     print(f"wrote {args.n_images} images, their lung masks and {labels_path}")
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 from conftest import REPO
 
-FAST = "loop,data,precision,startup,onnx,backbones,gpu"  # search and memory start several trainings: see the long test
+# search, memory and masks start several trainings: see the long test
+FAST = "loop,data,precision,startup,onnx,backbones,gpu"
 
 
 def _run_quick(tmp_path, dataset, only: str) -> dict:
@@ -48,9 +49,9 @@ def test_quick_benchmark_writes_every_fast_comparison(tmp_path, tiny_dataset):
 
 
 @pytest.mark.long
-def test_quick_benchmark_runs_the_search_and_memory_comparisons(tmp_path, tiny_dataset):
-    report = _run_quick(tmp_path, tiny_dataset, "search,memory")
+def test_quick_benchmark_runs_the_search_memory_and_masks_comparisons(tmp_path, tiny_dataset):
+    report = _run_quick(tmp_path, tiny_dataset, "search,memory,masks")
     names = " ".join(row["name"] for row in report["comparisons"])
     for expected in ("wall time", "best validation macro F1", "first training batch", "demo training",
-                     "cache build of", "predict on"):
+                     "cache build of", "predict on", "six masked passes", "pose-varied demo"):
         assert expected in names

@@ -315,3 +315,27 @@ def test_train_and_eval_with_masks(project):
     torch_table, onnx_table = (pd.read_csv(project / name) for name in ("with_masks.csv", "onnx.csv"))
     probabilities = [f"{zone}_p{c}" for zone in ZONES for c in range(5)]
     np.testing.assert_allclose(onnx_table[probabilities], torch_table[probabilities], atol=2e-5)
+
+
+@pytest.mark.parametrize("focus", ["zero_mask", "attention_mask"])
+def test_upstream_masking_runs_one_backbone_pass_per_masked_zone(focus):
+    from src.models.factory import ATTENTION_FLOOR, build_model
+
+    cfg = apply_overrides(load_config(None), {"Model.model_arch": "custom_cnn", "Model.pretrained": False,
+                                              "Data.image_size": SIZE, "Data.mask_dir": "masks",
+                                              "Model.zone_focus": focus})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs, _ = _batch()
+    image, zones = inputs[:, :1], inputs[:, 1:]
+    calls = []
+    model.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        logits = model(inputs)
+        assert calls == [6 * len(inputs)]  # the six passes run as one batch of six times the images
+        for zone in range(6):
+            weight = zones[:, zone:zone + 1]
+            if focus == "attention_mask":
+                weight = ATTENTION_FLOOR + (1 - ATTENTION_FLOOR) * weight
+            pooled = model.backbone(image * weight).mean(dim=(2, 3))
+            torch.testing.assert_close(logits[:, zone], model.head.classifiers[zone](pooled), atol=1e-5, rtol=1e-4)

@@ -126,6 +126,14 @@ class ModelConfig:
         "thirds; image cuts at thirds of the image height, as upstream CSI-Predictor does.",
         choices=("lung", "image"),
     )
+    zone_focus: str = key(
+        "pool",
+        "With lung masks: pool runs the backbone once and each zone head averages the feature map weighted by "
+        "its zone's mask; zero_mask and attention_mask are upstream's masking, one backbone pass per zone (six): "
+        "the normalised image times the zone's mask (zero_mask), or times 0.1 outside the zone (attention_mask), "
+        "each head pooling its own pass's whole map.",
+        choices=("pool", "zero_mask", "attention_mask"),
+    )
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from src.evaluation.plots import plot_zone_saliency
 from src.models.factory import CSIModel
 from src.training.loop import Predictions
 from src.training.metrics import predicted_csi
+from src.utils.logging import logger
 
 
 class ZoneClassTarget:
@@ -110,6 +111,10 @@ def write_saliency_figures(model: CSIModel, dataset: CSIDataset, rows: Sequence[
     """One PNG per dataset row in `rows`: the radiograph with the six-zone grid and each zone's
     Grad-CAM for its predicted class. `probs` [len(rows), 6, classes] are the rows' predictions;
     the dataset's labels are shown as the truth where any zone is known. Runs where the model is."""
+    if model.head.pooling == "passes":
+        logger.warning(f"no Grad-CAM figures for [Model] zone_focus = {model.focus}: its six backbone passes have "
+                       "no one feature map to explain")
+        return []
     device = next(model.parameters()).device
     model.eval()
     paths = []

@@ -16,12 +16,15 @@ from src.models.heads import ZoneHead
 from src.models.zoo import get_backbone
 from src.utils.checkpoint import load_weights, read_checkpoint
 
+ATTENTION_FLOOR = 0.1  # zone_focus = attention_mask: what is left of the image outside the zone
+
 
 class CSIModel(nn.Module):
     """Inputs [B, C, H, W] -> logits [B, 6 zones, num_classes].
 
     Channel 0 is the grey image. A model with zone_pooling "mask" (trained with lung masks) reads
-    the six zone masks of src/data/dataset.py in channels 1-6; the others read channel 0 only.
+    the six zone masks of src/data/dataset.py in channels 1-6, pooled in one backbone pass or, with
+    [Model] zone_focus = zero_mask | attention_mask, as six masked passes; the others read channel 0 only.
     `arch_name` names the backbone, so that a checkpoint of another architecture can be refused.
     """
 
@@ -33,18 +36,28 @@ class CSIModel(nn.Module):
         num_classes: int = 5,
         dropout: float = 0.5,
         zone_pooling: str = "global",
+        zone_focus: str = "pool",
     ):
         super().__init__()
         self.arch_name = arch_name
         self.backbone = backbone
-        self.head = ZoneHead(channels, num_classes, dropout, zone_pooling)
         self.input_channels = 1 + len(ZONES) * (zone_pooling == "mask")
+        self.focus = zone_focus if zone_pooling == "mask" else "pool"
+        pooling = zone_pooling if zone_pooling != "mask" or self.focus == "pool" else "passes"
+        self.head = ZoneHead(channels, num_classes, dropout, pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] < self.input_channels:
             raise ValueError(f"this {self.arch_name} model reads lung zone masks: expected {self.input_channels} "
                              f"input channels, got {x.shape[1]}")
-        return self.head(self.backbone(x[:, :1]), x[:, 1:self.input_channels] if self.input_channels > 1 else None)
+        image, zones = x[:, :1], x[:, 1:self.input_channels]
+        if self.input_channels == 1:
+            return self.head(self.backbone(image))
+        if self.focus == "pool":
+            return self.head(self.backbone(image), zones)
+        # Upstream's masking: six backbone passes, zone k's on the image times its mask (or dimmed outside it).
+        weights = zones if self.focus == "zero_mask" else ATTENTION_FLOOR + (1 - ATTENTION_FLOOR) * zones
+        return self.head(self.backbone((image * weights).flatten(0, 1)[:, None]))
 
 
 def zone_pooling(cfg: Config) -> str:
@@ -57,7 +70,7 @@ def build_model(cfg: Config) -> CSIModel:
     m = cfg.model
     backbone, channels = get_backbone(m.model_arch, m.pretrained, m.pretrained_path, cfg.data.image_size,
                                       m.pretrained_weights)
-    return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, zone_pooling(cfg))
+    return CSIModel(backbone, channels, m.model_arch, m.num_classes, m.dropout, zone_pooling(cfg), m.zone_focus)
 
 
 def build_architecture(cfg: Config) -> CSIModel:

@@ -21,7 +21,9 @@ ZONE_CELLS = {
     "right_inf": (2, 0),
     "left_inf": (2, 1),
 }
-POOLINGS = ("global", "regional", "mask")  # mask: the model reads lung masks ([Data] mask_dir)
+# mask: the model reads lung masks ([Data] mask_dir); passes: one backbone pass per zone, in the batch
+# dimension (zone k of image b at b * 6 + k), as upstream's masking runs them.
+POOLINGS = ("global", "regional", "mask", "passes")
 
 
 class ZoneHead(nn.Module):
@@ -30,7 +32,8 @@ class ZoneHead(nn.Module):
     global: every classifier sees the average of the whole map; regional: the map is
     average-pooled to the 3x2 GRID and each classifier sees its zone's cell only; mask: each
     classifier sees the map averaged with its zone's mask (`zones` [B, 6, H, W], any H, W) as
-    weights, the mask's share of every feature cell.
+    weights, the mask's share of every feature cell; passes: `features` are [B * 6, C, h, w], one map
+    per zone, and each classifier sees the average of its own.
     """
 
     def __init__(self, channels: int, num_classes: int = 5, dropout: float = 0.5, pooling: str = "global"):
@@ -50,6 +53,8 @@ class ZoneHead(nn.Module):
             # A zone too small to cover any feature cell pools nothing rather than dividing by 0.
             pooled = pooled / weights.sum(dim=(2, 3)).clamp_min(1e-6)[:, :, None]
             inputs = pooled.unbind(1)
+        elif self.pooling == "passes":
+            inputs = features.mean(dim=(2, 3)).unflatten(0, (-1, len(ZONES))).unbind(1)
         elif self.pooling == "regional":
             cells = F.adaptive_avg_pool2d(features, GRID)
             inputs = [cells[:, :, row, col] for row, col in (ZONE_CELLS[zone] for zone in ZONES)]
