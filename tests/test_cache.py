@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from src.data.cache import CacheSettings, build_cache, prebuild_part, register_decoder
+from src.data.cache import CacheSettings, build_cache, prebuild_part, register_decoder, view
 from src.data.cache.build import shard_images
 from src.data.cache.keys import decode_image
 from tests.conftest import REPO, finish, run_main, start_main, write_config, write_png_dataset
@@ -144,7 +144,8 @@ def test_an_old_format_cache_is_removed_and_rebuilt(tmp_path):
     np.testing.assert_array_equal(cache.images, build_cache(paths, SETTINGS, tmp_path / "fresh", workers=1).images)
 
 
-def test_the_view_reads_rows_batches_and_slices_across_shards_and_pickles(tmp_path):
+def test_the_view_reads_rows_batches_and_slices_across_shards_and_pickles(tmp_path, monkeypatch):
+    monkeypatch.setattr(view, "OPEN_FILES", 1)  # one shard open at a time: most reads open one again
     paths = png_paths(tmp_path / "data", 40)
     images = build_cache(paths, SETTINGS, tmp_path / "cache", workers=1).images
     assert len(set(images.shards.tolist())) > 1  # rows really come from several shards
@@ -154,7 +155,7 @@ def test_the_view_reads_rows_batches_and_slices_across_shards_and_pickles(tmp_pa
     np.testing.assert_array_equal(images[np.int64(21)], every[21])
     np.testing.assert_array_equal(images[30:], every[30:])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(images))[rows], every[rows])
-    assert images.nbytes == every.nbytes and images.dtype == every.dtype
+    assert images.nbytes == every.nbytes and images.dtype == every.dtype and len(images._open) == 1
 
 
 def test_check_shard_jobs_prebuild_disjoint_parts_then_check_reuses_them(tmp_path):

@@ -10,7 +10,8 @@ Invariants:
 - Processes building one store at once (DDP ranks, hyperopt workers, sweep agents, N jobs on a
   shared filesystem) plan the same shards and each takes those whose lock it gets: every image is
   decoded once between them (see build.py).
-- Reading maps at most a few shards at a time, so resident memory does not grow with N.
+- Shards are .npy arrays, written through a memory map; reading copies each image straight from
+  its file (pread), so resident memory does not grow with N however many images an epoch reads.
 - Caches of an older format are removed, and their images decoded again into this one.
 """
 

@@ -85,13 +85,13 @@ def decode_image(path: Path, settings: CacheSettings) -> Decoded:
 def entry_keys(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     """KEY_DTYPE key of each file from its absolute path, size and mtime (a file that cannot be
     stat'ed gets a key of its own, and its decoder says why it fails)."""
-    keys = np.empty(len(paths), dtype=KEY_DTYPE)
-    for i, path in enumerate(paths):
+    keys = []
+    for path in paths:
         name = os.path.abspath(path)
         try:
             stat = os.stat(name)
             size, mtime = stat.st_size, stat.st_mtime_ns
         except OSError:
             size, mtime = -1, -1
-        keys[i] = hashlib.sha256(f"{name}\0{size}\0{mtime}".encode()).hexdigest()[:32].encode()
-    return keys
+        keys.append(hashlib.sha256(f"{name}\0{size}\0{mtime}".encode()).hexdigest()[:32])
+    return np.array(keys, dtype=KEY_DTYPE)

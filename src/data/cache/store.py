@@ -8,6 +8,7 @@ Temporaries start with `.<name>.`; they are a killed writer's when the shard's l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,17 +62,28 @@ class Index:
         return np.where(found, at, -1)
 
 
+@functools.cache
+def _manifest(path: str) -> tuple[np.ndarray, np.ndarray, dict[int, str]] | None:
+    """Keys, shapes and failures (by slot) of a complete shard, None for another format's. Read once
+    per process: a complete shard never changes."""
+    meta = json.loads(Path(path).read_text())
+    if meta.get("version") != CACHE_FORMAT_VERSION:
+        return None
+    return (np.array(meta["keys"], dtype=KEY_DTYPE), np.array(meta["shapes"], dtype=np.int32).reshape(-1, 2),
+            {int(slot): why for slot, why in meta["failures"].items()})
+
+
 def read_index(store: Path) -> Index:
     names, keys, shapes, failures, offset = [], [], [], {}, 0
     for manifest in sorted(store.glob("*.json")):
-        meta = json.loads(manifest.read_text())
-        if meta.get("version") != CACHE_FORMAT_VERSION:
+        shard = _manifest(str(manifest))
+        if shard is None:
             continue
         names.append(manifest.stem)
-        keys.append(np.array(meta["keys"], dtype=KEY_DTYPE))
-        shapes.append(np.array(meta["shapes"], dtype=np.int32).reshape(-1, 2))
-        failures.update({offset + int(slot): why for slot, why in meta["failures"].items()})
-        offset += len(keys[-1])
+        keys.append(shard[0])
+        shapes.append(shard[1])
+        failures.update({offset + slot: why for slot, why in shard[2].items()})
+        offset += len(shard[0])
     if not names:
         return Index(np.empty(0, KEY_DTYPE), np.empty(0, np.int32), np.empty(0, np.int32),
                      np.empty((0, 2), np.int32), {}, [])

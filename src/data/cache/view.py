@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,17 +12,19 @@ import numpy as np
 
 from src.data.cache.keys import CacheSettings
 from src.data.cache.store import Index
+from src.utils.errors import DataError
 
-# Shards mapped at once. Pages read through a map count as resident until it is closed, so a few
-# open maps keep reading O(1) in memory however many shards there are.
-OPEN_SHARDS = 8
+# Shard files kept open at once, the least recently used closed first.
+OPEN_FILES = 64
 
 
 class ShardedImages:
     """Read-only, index-addressable like a numpy array: row i is slot slots[i] of shard names[shards[i]].
 
-    Rows may be an int or an array of ints (a batch). Shards are memory-mapped on first use, at most
-    OPEN_SHARDS at a time; a pickled copy (a DataLoader worker) maps its own.
+    Rows may be an int, a slice or an array of ints (a batch). Each image is read from its shard's
+    .npy file straight into the result (pread) rather than through a memory map, whose pages would
+    count as resident: reading every image of an epoch leaves resident memory as it was, however
+    large the cache. A pickled copy (a DataLoader worker) opens its own files.
     """
 
     def __init__(self, store: Path, names: list[str], shards: np.ndarray, slots: np.ndarray,
@@ -28,33 +32,42 @@ class ShardedImages:
         self.store, self.names, self.shards, self.slots = store, names, shards, slots
         self.dtype = np.dtype(settings.dtype)
         self.shape = (len(shards), settings.image_size, settings.image_size)
-        self.ndim, self.nbytes = 3, len(shards) * settings.image_bytes()
-        self._open: OrderedDict[int, np.ndarray] = OrderedDict()
+        self.ndim, self.nbytes, self.image_bytes = 3, len(shards) * settings.image_bytes(), settings.image_bytes()
+        self._open: OrderedDict[int, io.FileIO] = OrderedDict()
+        self._data_at: dict[int, int] = {}  # shard -> offset of its first image (after the .npy header)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _shard(self, shard: int) -> np.ndarray:
+    def _file(self, shard: int) -> tuple[int, int]:
+        """File descriptor of `shard`'s .npy and the offset of its data."""
         if shard in self._open:
             self._open.move_to_end(shard)
         else:
-            if len(self._open) >= OPEN_SHARDS:
-                self._open.popitem(last=False)
-            self._open[shard] = np.load(self.store / f"{self.names[shard]}.npy", mmap_mode="r")
-        return self._open[shard]
+            file = self.store / f"{self.names[shard]}.npy"
+            if shard not in self._data_at:  # numpy parses the header (any .npy version); no pixel is read
+                self._data_at[shard] = np.load(file, mmap_mode="r").offset
+            self._open[shard] = io.FileIO(file, "r")
+            if len(self._open) > OPEN_FILES:
+                self._open.popitem(last=False)[1].close()
+        return self._open[shard].fileno(), self._data_at[shard]
+
+    def _read(self, row: int, into: np.ndarray) -> None:
+        fd, data_at = self._file(int(self.shards[row]))
+        if os.preadv(fd, [into], data_at + int(self.slots[row]) * self.image_bytes) != self.image_bytes:
+            raise DataError(f"{self.store / self.names[self.shards[row]]}.npy: cache shard is truncated; "
+                            "delete it to have it decoded again")
 
     def __getitem__(self, rows) -> np.ndarray:
         if isinstance(rows, slice):
             rows = np.arange(len(self))[rows]
         elif np.ndim(rows) == 0:
-            row = int(rows)
-            return np.array(self._shard(int(self.shards[row]))[self.slots[row]])
-        rows = np.asarray(rows, dtype=np.int64)
+            image = np.empty(self.shape[1:], dtype=self.dtype)
+            self._read(int(rows), image)
+            return image
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        shards = self.shards[rows]
-        for shard in np.unique(shards):
-            picked = np.flatnonzero(shards == shard)
-            out[picked] = self._shard(int(shard))[self.slots[rows[picked]]]
+        for i, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            self._read(row, out[i])
         return out
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
