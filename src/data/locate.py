@@ -29,40 +29,49 @@ def number_spelling(file_id: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _image_key(root: Path, path: Path, extension: str) -> str | None:
-    """FileID of `path` (relative to `root`, '/'-separated, without extension), or None if no image."""
-    ext = file_extension(path.name)
-    if extension:
-        if ext != extension:
-            return None
-    elif ext not in SUPPORTED_EXTENSIONS:
-        # Export tools write DICOM without extension or under UID-like names (1.2.840.1136.4).
-        return path.relative_to(root).as_posix() if looks_like_dicom(path) else None
-    return path.relative_to(root).as_posix()[: -len(ext)]
+_RANK = {ext: rank for rank, ext in enumerate(SUPPORTED_EXTENSIONS)}  # content-sniffed DICOM ranks last
 
 
-def _rank(path: Path) -> int:
-    """Preference among files of one FileID: SUPPORTED_EXTENSIONS order, content-sniffed DICOM last."""
-    ext = file_extension(path.name)
-    return SUPPORTED_EXTENSIONS.index(ext) if ext in SUPPORTED_EXTENSIONS else len(SUPPORTED_EXTENSIONS)
+def _scan(image_dir: Path, recursive: bool, extension: str) -> tuple[dict[str, Path], set[str]]:
+    """index_directory's FileID -> file, and the FileIDs whose file is a symbolic link (the only
+    files found that may lead outside image_dir: folders that are links are not entered)."""
+    found: dict[str, tuple[int, Path, bool]] = {}  # FileID -> (rank, file, is a link)
+    folders = [""]  # relative to image_dir, each ending in "/" but the root
+    while folders:
+        relative = folders.pop()
+        try:
+            with os.scandir(image_dir / relative) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError:  # an unreadable sub-folder holds nothing to find, as for os.walk
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                if recursive and not entry.is_symlink():
+                    folders.append(f"{relative}{entry.name}/")
+                continue
+            ext = file_extension(entry.name)
+            if (extension and ext != extension) or not entry.is_file():
+                continue
+            if extension or ext in _RANK:
+                file_id = relative + entry.name[: len(entry.name) - len(ext)]
+            elif looks_like_dicom(entry.path):  # export tools write DICOM without extension or as 1.2.840.1136.4
+                file_id = relative + entry.name
+            else:
+                continue
+            rank = _RANK.get(ext, len(_RANK))
+            if file_id not in found or rank < found[file_id][0]:
+                found[file_id] = (rank, Path(entry.path), entry.is_symlink())
+    return {k: path for k, (_, path, _) in found.items()}, {k for k, (_, _, link) in found.items() if link}
 
 
 def index_directory(image_dir: Path, recursive: bool = False, extension: str = "") -> dict[str, Path]:
     """FileID -> file for every image in `image_dir` (and its sub-folders when `recursive`), listed
     once rather than per FileID. `extension` (e.g. '.png') keeps only files with it, in any case.
     Hidden files (macOS '._name' copies, '.DS_Store') are not images and are left out."""
-    found: dict[str, Path] = {}
     image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        return found
-    for folder, subfolders, names in os.walk(image_dir):
-        subfolders[:] = sorted(d for d in subfolders if recursive and not d.startswith("."))
-        for name in sorted(n for n in names if not n.startswith(".")):
-            path = Path(folder, name)
-            file_id = _image_key(image_dir, path, extension.lower()) if path.is_file() else None
-            if file_id is not None and (file_id not in found or _rank(path) < _rank(found[file_id])):
-                found[file_id] = path
-    return found
+    return _scan(image_dir, recursive, extension.lower())[0] if image_dir.is_dir() else {}
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -90,7 +99,7 @@ def locate_images(table: pd.DataFrame, image_dir: str | Path, extension: str = "
     """
     image_dir = Path(image_dir)
     extension = extension if not extension or extension.startswith(".") else "." + extension
-    index = index_directory(image_dir, recursive, extension)
+    index, linked = _scan(image_dir, recursive, extension.lower()) if image_dir.is_dir() else ({}, set())
     by_number: dict[str, list[str]] = defaultdict(list)
     for file_id in index:
         number = number_spelling(file_id)
@@ -98,27 +107,29 @@ def locate_images(table: pd.DataFrame, image_dir: str | Path, extension: str = "
             by_number[number].append(file_id)
     explicit = table["path"] if "path" in table else pd.Series([""] * len(table))
     paths: list[Path | None] = []
+    named = explicit.astype(bool).to_numpy()  # rows whose file the table names: whether it exists is asked below
     respelt: list[str] = []
     for row, (file_id, given) in enumerate(zip(table["FileID"], explicit)):
-        where = f"{source}: line {row + 2} (FileID {file_id})"
         if given:
+            where = f"{source}: line {row + 2} (FileID {file_id})"
             paths.append(_explicit_path(given, image_dir, allow_outside, where))
             continue
-        candidate = index.get(file_id)
-        if candidate is None:
+        key = file_id if file_id in index else None
+        if key is None:
             spellings = by_number.get(number_spelling(file_id) or "", [])
             if len(spellings) > 1:
-                raise DataError(f"{where}: matches several files under other spellings of the same number: "
-                                f"{', '.join(index[s].name for s in spellings)}; rename all but one")
+                raise DataError(f"{source}: line {row + 2} (FileID {file_id}): matches several files under other "
+                                f"spellings of the same number: {', '.join(index[s].name for s in spellings)}; "
+                                "rename all but one")
             if spellings:
-                candidate = index[spellings[0]]
-                respelt.append(f"{file_id} -> {candidate.relative_to(image_dir).as_posix()}")
-        if candidate is not None and not allow_outside and not _inside(candidate, image_dir):
-            raise DataError(f"{where}: {candidate} is a symbolic link leading outside image_dir {image_dir}; "
-                            "set [Data] allow_outside_paths = true to follow it")
-        paths.append(candidate)
+                key = spellings[0]
+                respelt.append(f"{file_id} -> {index[key].relative_to(image_dir).as_posix()}")
+        if key in linked and not allow_outside and not _inside(index[key], image_dir):
+            raise DataError(f"{source}: line {row + 2} (FileID {file_id}): {index[key]} is a symbolic link leading "
+                            f"outside image_dir {image_dir}; set [Data] allow_outside_paths = true to follow it")
+        paths.append(None if key is None else index[key])
     if respelt:
         more = f" and {len(respelt) - _LISTED} more" if len(respelt) > _LISTED else ""
         logger.warning(f"{source}: {len(respelt)} FileID(s) matched a file under another spelling of the "
                        f"same number: {', '.join(respelt[:_LISTED])}{more}")
-    return [p if p is not None and p.is_file() else None for p in paths]
+    return [p if p is not None and (not named[row] or p.is_file()) else None for row, p in enumerate(paths)]

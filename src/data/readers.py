@@ -1,5 +1,6 @@
 """Decode chest X-ray files (PNG, JPEG, DICOM, NIfTI) into 2-D float32 arrays, bright = dense."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ _BARE_DICOM_STARTS = (b"\x02\x00", b"\x08\x00")
 
 def file_extension(path: str | Path) -> str:
     """Lower-case extension of `path`, counting ".nii.gz" as one extension."""
-    name = Path(path).name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+    name = os.path.basename(os.fspath(path)).lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    dot = name.rfind(".")  # Path.suffix, without building a Path: this runs once per file of a folder
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
 def looks_like_dicom(path: str | Path) -> bool:
