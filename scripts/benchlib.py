@@ -230,3 +230,21 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
+class TimedLoader:
+    """A loader whose consumer's waits for the next batch are summed in `wait` (seconds)."""
+
+    def __init__(self, loader) -> None:
+        self.loader, self.wait = loader, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            self.wait += time.perf_counter() - started
+            if batch is None:
+                return
+            yield batch

@@ -40,6 +40,7 @@ from benchlib import (
     Row,
     Section,
     Target,
+    TimedLoader,
     alternate,
     describe,
     machine,
@@ -210,26 +211,6 @@ def write_radiographs(demo: Path, directory: Path, count: int, side: int, kind: 
             ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
-
-
-class TimedLoader:
-    """A loader whose consumer's waits for the next batch are summed in `wait` (seconds)."""
-
-    def __init__(self, loader) -> None:
-        self.loader, self.wait = loader, 0.0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        batches = iter(self.loader)
-        while True:
-            started = time.perf_counter()
-            batch = next(batches, None)
-            self.wait += time.perf_counter() - started
-            if batch is None:
-                return
-            yield batch
 
 
 @comparison("data", "Data pipeline: raw files vs the preprocessed cache")
@@ -571,6 +552,14 @@ def memory(bench: Bench) -> Section:
             Measure("peak RSS", [predict.peak_rss], "bytes"), far_below),
     ], notes=["Peak RSS is the resident memory of the process and its children together, sampled every 20 ms.",
               f"Cache build took {check.seconds:.0f} s and predict {predict.seconds:.0f} s (process start included)."])
+
+
+@comparison("cache", "Image cache at scale: builds, a kill and resume, a 1% increment, epochs, 1M labels")
+def cache_at_scale(bench: Bench) -> Section:
+    from bench_cache import cache_section
+
+    return cache_section(bench.scratch / "cache", bench.size([1000, 4000, 16000, 64000], [16, 64]),
+                         bench.size(1_000_000, 1000))
 
 
 def _inference_rates(arch: str, size: int, batch: int, steps: int, rounds: int, scratch: Path) -> dict:

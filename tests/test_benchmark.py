@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 # search, memory and masks start several trainings: see the long test
-FAST = "loop,data,precision,startup,onnx,backbones,gpu"
+FAST = "loop,data,precision,startup,onnx,backbones,gpu,cache"
 
 
 def _run_quick(tmp_path, dataset, only: str) -> dict:
@@ -42,7 +42,8 @@ def test_quick_benchmark_writes_every_fast_comparison(tmp_path, tiny_dataset):
     names = " ".join(row["name"] for row in report["comparisons"])
     for expected in ("epoch time, custom_cnn", "same losses", "training epoch", "loader wait", "cache build",
                      "bf16 + channels_last vs fp32", "precision = auto picks", "python main.py --help",
-                     "--mode check", "batch 2: images/s", "training images/s, bf16", "peak RSS of the training"):
+                     "--mode check", "batch 2: images/s", "training images/s, bf16", "peak RSS of the training",
+                     "killed at half its shards", "(1%) to the", "labels file of 1,000 rows"):
         assert expected in names
     if report["machine"]["gpu"] is None:
         assert "no GPU" in (tmp_path / "docs" / "benchmarks.md").read_text()
