@@ -85,13 +85,19 @@ def decode_image(path: Path, settings: CacheSettings) -> Decoded:
 def entry_keys(paths: Sequence[str | os.PathLike]) -> np.ndarray:
     """KEY_DTYPE key of each file from its absolute path, size and mtime (a file that cannot be
     stat'ed gets a key of its own, and its decoder says why it fails)."""
-    keys = []
-    for path in paths:
-        name = os.path.abspath(path)
-        try:
-            stat = os.stat(name)
-            size, mtime = stat.st_size, stat.st_mtime_ns
-        except OSError:
-            size, mtime = -1, -1
-        keys.append(hashlib.sha256(f"{name}\0{size}\0{mtime}".encode()).hexdigest()[:32])
-    return np.array(keys, dtype=KEY_DTYPE)
+    keys = np.empty(len(paths), dtype=KEY_DTYPE)
+    for start in range(0, len(paths), 4096):  # in slices: the hex strings of a slice only are alive at once
+        keys[start:start + 4096] = [_entry_key(path) for path in paths[start:start + 4096]]
+    return keys
+
+
+def _entry_key(path: str | os.PathLike) -> str:
+    name = os.fspath(path)
+    if not name.startswith(os.sep):  # located files are absolute already: abspath would cost more than stat
+        name = os.path.abspath(name)
+    try:
+        stat = os.stat(name)
+        size, mtime = stat.st_size, stat.st_mtime_ns
+    except OSError:
+        size, mtime = -1, -1
+    return hashlib.sha256(f"{name}\0{size}\0{mtime}".encode()).hexdigest()[:32]
