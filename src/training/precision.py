@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from src.config.schema import Config
+from src.data.masks import reads_masks
 from src.models.factory import build_architecture
 from src.utils.device import autocast, cpu_has_fast_bf16
 from src.utils.io import atomic_write_text
@@ -90,7 +91,9 @@ def probe_batch(cfg: Config, device: torch.device) -> int:
 
 def _cache_key(cfg: Config, device: torch.device) -> str:
     m = cfg.model
-    return (f"{m.model_arch} pooling={m.zone_pooling} {cfg.data.image_size}px batch={probe_batch(cfg, device)} "
+    # With lung masks the model pools by mask, or runs six backbone passes: each times differently.
+    pooling = f"mask/{m.zone_focus}" if reads_masks(cfg.data) else m.zone_pooling
+    return (f"{m.model_arch} pooling={pooling} {cfg.data.image_size}px batch={probe_batch(cfg, device)} "
             f"channels_last={cfg.training.channels_last} | {_device_name(device)} | torch {torch.__version__} "
             f"threads={torch.get_num_threads()}")
 
