@@ -49,9 +49,10 @@ def summary_section(run: EvaluationRun, report: Report) -> None:
     cfg, table = run.cfg, run.data.table
     trained = config_from_text(run.state["config"], f"{run.checkpoint} (embedded config)")  # as it was trained
     settings = {
-        "model": f"{cfg.model.model_arch}{', from ImageNet weights' if trained.model.pretrained else ''}, "
+        "model": f"{cfg.model.model_arch}{', from its pretrained weights' if trained.model.pretrained else ''}, "
                  f"zone pooling {cfg.model.zone_pooling}, dropout {cfg.model.dropout}",
-        "images": f"{cfg.data.image_size} px, resize {cfg.data.resize_mode}, normalization {cfg.data.normalization}",
+        "images": f"{cfg.data.image_size} px, resize {cfg.data.resize_mode}, normalised with mean "
+                  f"{run.data.mean:.4g}, std {run.data.std:.4g}",
         "training": f"{cfg.training.n_epochs} epochs max, batch {cfg.training.batch_size}, "
                     f"{cfg.optimization.optimizer} lr {cfg.training.learning_rate:g}, {cfg.optimization.scheduler} "
                     f"schedule, loss {cfg.loss.loss}, seed {cfg.training.seed}",
