@@ -46,10 +46,15 @@ def _suite_caches(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _empty_caches(_suite_caches, tmp_path_factory, monkeypatch):
-    """Every test starts with its own empty cache homes, which the processes it starts inherit: no
+    """Every test starts with its own empty cache homes, which the processes it starts inherit, and
+    leaves the environment as it found it (W&B's agent, for one, sets WANDB_RUN_ID in os.environ): no
     test depends on what an earlier one (or an earlier run on this machine) left behind."""
+    environment = dict(os.environ)
     for name, home in _cache_homes(tmp_path_factory.mktemp("caches")).items():
         monkeypatch.setenv(name, home)
+    yield
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def write_png_dataset(root: Path, scores: np.ndarray, size: int = 32, patients: list[str] | None = None,
