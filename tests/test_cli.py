@@ -37,8 +37,12 @@ def test_help_lists_every_mode(tmp_path):
 
 
 def test_check_prints_summary(project):
-    result = run_main("--mode", "check", cwd=project)
+    result = run_main("--mode", "check", cwd=project, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert result.returncode == 0, result.stderr
+    # With no pretrained weights to look for, check never imports torch (a second of its start-up).
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pandas" in imported and "torch" not in imported
     assert "60 rows, 60 usable, 0 skipped" in result.stdout
     assert "right_sup" in result.stdout and "unknown_%" in result.stdout and "Split" in result.stdout
 

@@ -13,7 +13,6 @@ from src.data.load import load_data, prebuild_cache_part
 from src.data.masks import ZoneMaps, lung_summary
 from src.data.readers import file_extension
 from src.data.summary import label_counts, split_counts
-from src.models.zoo import check_weights
 
 
 def _size_range(shapes: np.ndarray) -> str:
@@ -42,7 +41,11 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
         click.echo(f"Cache part {part}/{parts}: {decoded} image(s) decoded now into {cfg.data.cache_dir}; "
                    f"{missing} still missing (other parts'; run --mode check without --shard to finish and check)")
         return
-    check_weights(cfg.model)  # the pretrained weights asked for are at hand (or may be downloaded)
+    m = cfg.model
+    if m.pretrained or m.pretrained_path or m.pretrained_weights:
+        from src.models.zoo import check_weights  # imports torch (a second): only when weights are asked for
+
+        check_weights(m)  # the pretrained weights asked for are at hand (or may be downloaded)
     bundle = load_data(cfg)
     table, cache = bundle.table, bundle.cache
     formats = Counter(file_extension(p) for p in table["path"])
