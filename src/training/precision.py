@@ -12,9 +12,9 @@ measures instead of guessing. Invariants:
   keeps exact arithmetic.
 - The probe never changes the run: it builds its own copy of the model (random weights, nothing
   downloaded) and leaves every random number generator as it found it.
-- The pick belongs to the machine, not to a data set: it is cached in
+- The pick belongs to the machine, not to a data set: it is cached (a lone candidate too, unmeasured) in
   $XDG_CACHE_HOME/csi-predictor/precision.json (default ~/.cache) per model, input size, probe
-  batch, device, torch version and thread count, so only the first run of a model on a machine
+  batch, device, torch version, thread count and oneDNN ISA cap, so only the first run of a model on a machine
   pays (about a second for a small model, ~15 s for resnet50 on 2 CPU cores). Distributed ranks all
   use rank 0's pick.
 """
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from src.config.schema import Config
 from src.data.masks import reads_masks
 from src.models.factory import build_architecture
-from src.utils.device import autocast, cpu_has_fast_bf16
+from src.utils.device import autocast, cpu_has_fast_bf16, onednn_isa_cap
 from src.utils.io import atomic_write_text
 from src.utils.logging import logger
 
@@ -80,6 +80,13 @@ def _device_name(device: torch.device) -> str:
                 platform.processor() or device.type)
 
 
+def _why_alone(device: torch.device) -> str:
+    if device.type != "cpu":
+        return ""
+    cap = onednn_isa_cap()
+    return f" (oneDNN capped at ONEDNN_MAX_CPU_ISA={cap}: no native bf16)" if cap else " (no native bf16)"
+
+
 def cache_file() -> Path:
     """Where measured picks are kept: $XDG_CACHE_HOME/csi-predictor/precision.json."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "csi-predictor" / "precision.json"
@@ -95,7 +102,7 @@ def _cache_key(cfg: Config, device: torch.device) -> str:
     pooling = f"mask/{m.zone_focus}" if reads_masks(cfg.data) else m.zone_pooling
     return (f"{m.model_arch} pooling={pooling} {cfg.data.image_size}px batch={probe_batch(cfg, device)} "
             f"channels_last={cfg.training.channels_last} | {_device_name(device)} | torch {torch.__version__} "
-            f"threads={torch.get_num_threads()}")
+            f"threads={torch.get_num_threads()}" + (f" isa<={onednn_isa_cap()}" if onednn_isa_cap() else ""))
 
 
 def time_steps(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
@@ -161,8 +168,6 @@ def choose_precision(cfg: Config, device: torch.device) -> Precision:
 
 def _measured_or_cached(cfg: Config, device: torch.device) -> Precision:
     options = candidates(device, cfg.training.channels_last)
-    if len(options) == 1:
-        return options[0]
     path, key = cache_file(), _cache_key(cfg, device)
     try:
         known = json.loads(path.read_text())
@@ -170,13 +175,17 @@ def _measured_or_cached(cfg: Config, device: torch.device) -> Precision:
         known = {}
     if key in known:
         return Precision(known[key]["precision"], known[key]["channels_last"])
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):  # the probe must not change the run's random draws
-        step_seconds = time_steps(cfg, device, options)
-    choice = pick(step_seconds)
-    rate = {str(o): round(probe_batch(cfg, device) / s, 2) for o, s in step_seconds.items()}
-    logger.info(f"precision = auto: {cfg.model.model_arch} at {cfg.data.image_size} px measured "
-                + ", ".join(f"{name} {r} img/s" for name, r in rate.items()) + f" -> {choice}")
+    if len(options) == 1:  # nothing to measure; the pick is still recorded, once per machine like the others
+        choice, rate = options[0], {}
+        logger.info(f"precision = auto: {choice}, the only candidate on {_device_name(device)}{_why_alone(device)}")
+    else:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the probe must not change the run's random draws
+            step_seconds = time_steps(cfg, device, options)
+        choice = pick(step_seconds)
+        rate = {str(o): round(probe_batch(cfg, device) / s, 2) for o, s in step_seconds.items()}
+        logger.info(f"precision = auto: {cfg.model.model_arch} at {cfg.data.image_size} px measured "
+                    + ", ".join(f"{name} {r} img/s" for name, r in rate.items()) + f" -> {choice}")
     known[key] = {"precision": choice.name, "channels_last": choice.channels_last, "images_per_second": rate}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(known, indent=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,9 +23,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@lru_cache(maxsize=1)
+# oneDNN's ISA names (its "CPU Dispatcher Control" guide) at which it dispatches bf16 natively:
+# AVX-512-BF16 and every level above it, under both the old names and their AVX10 aliases.
+_BF16_ISAS = frozenset({"AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+                        "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"})
+_UNCAPPED = frozenset({"", "ALL", "DEFAULT"})
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512-BF16, where oneDNN runs bf16 convolutions natively."""
+    """True where oneDNN runs bf16 convolutions natively: the CPU has AMX or AVX-512-BF16, and
+    ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA) does not cap oneDNN below AVX512_CORE_BF16
+    (a user who caps it at AVX2 gets emulated bf16, whatever the CPU's flags say)."""
+    cap = onednn_isa_cap()
+    return _cpu_flags_have_bf16() and (cap in _UNCAPPED or cap in _BF16_ISAS)
+
+
+def onednn_isa_cap() -> str:
+    """The ISA oneDNN is capped at by ONEDNN_MAX_CPU_ISA (or DNNL_MAX_CPU_ISA), upper case; '' if none."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).strip().upper()
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags_have_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

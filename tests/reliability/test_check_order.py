@@ -2,7 +2,8 @@
 file gives its one line (exit 2) before the precision probe, a weights download or a model build.
 
 The probe's cache ($XDG_CACHE_HOME/csi-predictor/precision.json) is the witness: it is warmed here
-with another model's pick, and a probe that ran would add the configured model to it."""
+with another model's pick, and a probe that ran would add the configured model to it. It exists on
+every CPU: where fp32 is the only candidate (no native bf16) the unmeasured pick is recorded too."""
 
 from __future__ import annotations
 
