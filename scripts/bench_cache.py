@@ -89,8 +89,9 @@ def child_epoch(listing: str, count: str, cache_dir: str) -> dict:
     from src.config.loader import apply_overrides, load_config
     from src.data.cache import build_cache
     from src.data.dataset import CSIDataset, make_loader
+    from src.engine.settings import LoopSettings, place_model
     from src.models.factory import build_model
-    from src.training.loop import LoopSettings, place_model, train_epoch
+    from src.training.loop import train_epoch
     from src.training.loss import WeightedCSILoss
     from src.training.optimizer import create_optimizer
 

@@ -44,8 +44,9 @@ def _passes_rates(bench: Bench, base_config: Callable) -> dict[str, list[float]]
     """Training images/s of one model (custom_cnn with masks) pooling in one pass and masking in six."""
     import torch
 
+    from src.engine.settings import LoopSettings
     from src.models.factory import build_model
-    from src.training.loop import LoopSettings, train_epoch
+    from src.training.loop import train_epoch
     from src.training.loss import WeightedCSILoss
     from src.training.optimizer import create_optimizer
 

@@ -105,8 +105,9 @@ def _loop_epochs(size: int, batch: int, n_train: int, n_val: int, rounds: int) -
     and the largest difference between their losses."""
     import torch
 
+    from src.engine.settings import LoopSettings
     from src.models.factory import build_model
-    from src.training.loop import LoopSettings, train_epoch, validate_epoch
+    from src.training.loop import train_epoch, validate_epoch
     from src.training.loss import WeightedCSILoss
     from src.training.optimizer import create_optimizer
 
@@ -232,8 +233,9 @@ def data_pipeline(bench: Bench) -> Section:
     from src.data.dataset import CSIDataset, make_loader
     from src.data.preprocess import resize, scale_intensity
     from src.data.readers import read_image
+    from src.engine.settings import LoopSettings, place_model
     from src.models.factory import build_model
-    from src.training.loop import LoopSettings, place_model, train_epoch
+    from src.training.loop import train_epoch
     from src.training.loss import WeightedCSILoss
     from src.training.optimizer import create_optimizer
 
@@ -318,8 +320,9 @@ def _images_per_second(arch: str, size: int, batch: int, steps: int, device, var
     """Training images/s of `arch` per variant (name -> (dtype, channels_last)), alternating."""
     import torch
 
+    from src.engine.settings import LoopSettings, place_model
     from src.models.factory import build_model
-    from src.training.loop import LoopSettings, place_model, train_epoch
+    from src.training.loop import train_epoch
     from src.training.loss import WeightedCSILoss
     from src.training.optimizer import create_optimizer
 
@@ -353,7 +356,7 @@ def _images_per_second(arch: str, size: int, batch: int, steps: int, device, var
 def precision(bench: Bench) -> Section:
     import torch
 
-    from src.training.precision import choose_precision
+    from src.engine.precision import choose_precision
 
     cpu, size, batch = torch.device("cpu"), bench.size(224, 32), bench.size(8, 2)
     variants = {"fp32": (torch.float32, False), "bf16": (torch.bfloat16, False),
@@ -373,7 +376,7 @@ def precision(bench: Bench) -> Section:
                         Target("ratio", ">=", 0.95, "within noise of the fastest")))
         if measures["bf16"].median < measures["fp32"].median and choice.name == "bf16":
             notes.append(f"{arch}: auto picked bf16 although bf16 measured slower here")
-    notes.append("auto's pick comes from its own short probe (src/training/precision.py, run fresh for this "
+    notes.append("auto's pick comes from its own short probe (src/engine/precision.py, run fresh for this "
                  "benchmark), not from the figures above; 'met' says whether the benchmark agrees with it.")
     rows.append(_demo_accuracy_by_precision(bench))
     notes.append("Accuracy: the same seeds (each its own split, initialisation and data order) for both; the "
@@ -578,8 +581,8 @@ def _inference_rates(arch: str, size: int, batch: int, steps: int, rounds: int, 
 
     from src.deploy.export import ScoringModel, write_exported
     from src.deploy.metadata import INPUT_NAME, OUTPUT_NAME, describe_model
+    from src.engine.probabilities import softmax_probabilities
     from src.models.factory import build_model
-    from src.training.loss import softmax_probabilities
 
     cfg = base_config(**{"Model.model_arch": arch, "Data.image_size": size})
     torch.manual_seed(0)

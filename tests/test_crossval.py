@@ -16,16 +16,16 @@ from torch import nn
 from src.config.loader import apply_overrides, load_config
 from src.data.load import load_data
 from src.data.zones import ZONES, mirror_zones
+from src.engine.metrics import compute_all_metrics
+from src.engine.probabilities import softmax_probabilities
 from src.evaluation.calibration import apply_temperature, stored_temperature
 from src.evaluation.ensemble import combine_probabilities, evaluate_ensemble
 from src.evaluation.evaluate import predict_checkpoint
 from src.evaluation.predict import predict_ensemble
 from src.evaluation.predictions import predictions_arrays, read_predictions_table
 from src.evaluation.tta import TTAModel, with_tta, zoom_images
+from src.experiments.crossval import run_cross_validation
 from src.optimization.runner import run_study
-from src.training.crossval import run_cross_validation
-from src.training.loss import softmax_probabilities
-from src.training.metrics import compute_all_metrics
 from src.utils.errors import CheckpointError, ConfigError
 from tests.conftest import run_main, write_config, write_png_dataset
 

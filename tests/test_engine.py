@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from src.config.loader import apply_overrides, load_config
-from src.training.loop import LoopSettings, train_epoch
+from src.engine.settings import LoopSettings
+from src.training.loop import train_epoch
 from src.training.loss import WeightedCSILoss
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.training.trainer import DebugRun, _Trainer, train_model, wrap_model

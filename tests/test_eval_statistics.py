@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from src.cli.main import cli
 from src.data.zones import ZONES
-from src.training.metrics import HEADLINE_METRICS
+from src.engine.metrics import HEADLINE_METRICS
 from tests.conftest import write_config, write_png_dataset
 
 

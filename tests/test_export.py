@@ -22,10 +22,10 @@ from src.data.zones import CLASS_NAMES, ZONES
 from src.deploy.export import ScoringModel, export_model, write_exported
 from src.deploy.metadata import METADATA_KEY, describe_model
 from src.deploy.onnx_predict import predict_with_onnx
+from src.engine.probabilities import probabilities_for
 from src.evaluation.predict import predict_images
 from src.models.backbones import BACKBONES
 from src.models.factory import build_model
-from src.training.loss import probabilities_for
 from src.utils.checkpoint import save_checkpoint
 from src.utils.errors import ExportError
 from tests.conftest import REPO, run_main, write_config

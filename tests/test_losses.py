@@ -10,17 +10,16 @@ import torch.nn.functional as F
 from src.config.loader import apply_overrides
 from src.config.render import render_ini
 from src.config.schema import Config
+from src.engine.probabilities import LOSS_NAMES, probabilities_for
 from src.models.factory import build_model
 from src.training.distillation import DistillationLoss, build_distillation, load_teacher
 from src.training.loss import (
-    LOSS_NAMES,
     FocalLoss,
     LabelSmoothingLoss,
     OrdinalLoss,
     WeightedCSILoss,
     balanced_class_weights,
     build_criterion,
-    probabilities_for,
 )
 from src.utils.checkpoint import save_checkpoint
 from src.utils.errors import ConfigError

@@ -9,9 +9,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, precision_score, recall_score
 
 from src.data.zones import UNKNOWN, ZONES
-from src.training.loop import LoopSettings, validate_epoch
-from src.training.loss import WeightedCSILoss
-from src.training.metrics import (
+from src.engine.metrics import (
     AHF_CLASSES,
     METRIC_NAMES,
     VALIDATION_METRICS,
@@ -29,6 +27,9 @@ from src.training.metrics import (
     expected_csi,
     expected_scores,
 )
+from src.engine.settings import LoopSettings
+from src.training.loop import validate_epoch
+from src.training.loss import WeightedCSILoss
 
 AHF = {"ahf_low": 1.3, "ahf_high": 2.2}  # the shipped [Evaluation] thresholds
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from src.config.loader import apply_overrides, load_config
-from src.training.loop import LoopSettings
-from src.training.precision import Precision, candidates, choose_precision, pick
+from src.engine.precision import Precision, candidates, choose_precision, pick
+from src.engine.settings import LoopSettings
 from src.utils.device import cpu_has_fast_bf16
 from tests.conftest import run_main, write_config, write_png_dataset
 
@@ -94,3 +94,15 @@ def test_auto_measures_once_caches_the_pick_and_keeps_the_random_state(tmp_path,
     assert (settings.dtype, settings.channels_last) == (other.dtype, other.channels_last)
     # An explicit precision is never measured.
     assert LoopSettings.from_config(_cfg(**{"Training.precision": "fp32"}), CPU).dtype == torch.float32
+
+
+def test_scoring_takes_the_training_pick_and_never_measures(tmp_path, monkeypatch):
+    """Evaluation and prediction (measure=False) read the pick training recorded, or run fp32."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = tmp_path / "csi-predictor" / "precision.json"
+    assert LoopSettings.from_config(_cfg(), CPU, measure=False).dtype == torch.float32 and not cache.exists()
+    choose_precision(_cfg(), CPU)  # training's pick, whatever this CPU makes it
+    (key, entry), = json.loads(cache.read_text()).items()
+    cache.write_text(json.dumps({key: {**entry, "precision": "bf16", "channels_last": True}}))
+    settings = LoopSettings.from_config(_cfg(), CPU, measure=False)
+    assert (settings.dtype, settings.channels_last) == (torch.bfloat16, True)

@@ -12,10 +12,11 @@ from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.data.dataset import CSIDataset, make_loader
 from src.data.zones import ZONES
+from src.engine.settings import LoopSettings
 from src.evaluation.saliency import grid_misalignment, saliency_rows, zone_cams
 from src.models.factory import build_model
 from src.models.heads import GRID, ZONE_CELLS
-from src.training.loop import LoopSettings, train_epoch
+from src.training.loop import train_epoch
 
 SIZE = 160  # custom_cnn's output stride is 32: a 5x5 map, fine enough for 53 x 80 px zone cells
 

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config.loader import apply_overrides, load_config
+from src.engine.settings import LoopSettings
 from src.models.factory import build_model
 from src.training.callbacks import EarlyStopping, MetricsTracker, resolve_mode
-from src.training.loop import LoopSettings, TrainingDiverged, train_epoch
+from src.training.loop import TrainingDiverged, train_epoch
 from src.training.loss import WeightedCSILoss
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.training.trainer import train_model

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from src.config.schema import Config, DataConfig, ModelConfig
 from src.deploy.export import ScoringModel, write_exported
 from src.deploy.metadata import METADATA_KEY
+from src.engine.probabilities import probabilities_for
 from src.evaluation.saliency import cam_layer, zone_cams
 from src.models.factory import build_model
 from src.models.zoo import get_backbone, resolve_preprocessing
 from src.models.zoo.catalog import describe
-from src.training.loss import probabilities_for
 from tests.conftest import run_main, write_config
 from tests.zoo_caches import (
     write_hf_vit_cache,

@@ -10,9 +10,9 @@ import pandas as pd
 
 from src.config.schema import Config
 from src.data.zones import ZONES
+from src.engine.metrics import HEADLINE_METRICS
 from src.evaluation.bootstrap import BootstrapSettings
 from src.evaluation.compare import compare_runs, write_comparison
-from src.training.metrics import HEADLINE_METRICS
 from src.utils.errors import CSIError
 
 

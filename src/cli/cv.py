@@ -8,7 +8,7 @@ import click
 import pandas as pd
 
 from src.config.schema import Config
-from src.training.crossval import CVResult, run_cross_validation
+from src.experiments.crossval import CVResult, run_cross_validation
 
 SHOWN = ("f1_macro", "accuracy", "qwk", "csi_mae", "csi_pearson", "ahf_accuracy", "unknown_pred_rate")
 _SPLIT_TITLES = {"val": "held-out fold (each model on the images it did not train on)",

@@ -10,8 +10,8 @@ import pandas as pd
 
 from src.config.loader import apply_overrides
 from src.config.schema import Config
+from src.engine.precision import candidates, time_steps
 from src.models.zoo.catalog import describe, listed
-from src.training.precision import candidates, time_steps
 from src.utils.device import resolve_device
 
 MEASURE_BATCH = 2  # images per timed step: the large backbones at their native size stay quick on a CPU

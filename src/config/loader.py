@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from src.config.names import VALIDATION_METRICS
 from src.config.schema import (
     SEARCH_SPACE_FIELD,
     SEARCH_SPACE_SECTION,
@@ -63,14 +64,6 @@ def _canonical_key(section: str, name: str, origin: str) -> str:
             f"keys are {', '.join(fields)}"
         )
     return name
-
-
-def _validation_metrics() -> tuple[str, ...]:
-    # Imported on use: the names are published by the training layer, which the config package
-    # must not need merely to be imported.
-    from src.training.metrics import VALIDATION_METRICS
-
-    return VALIDATION_METRICS
 
 
 def describe_allowed(fld: dataclasses.Field) -> str:
@@ -130,8 +123,8 @@ def parse_value(fld: dataclasses.Field, raw: Any, where: str) -> Any:
         if lowered not in meta["choices"]:
             raise ConfigError(problem + _did_you_mean(value, list(meta["choices"])))
         return lowered
-    if meta["metric"] and value not in _validation_metrics():
-        raise ConfigError(problem + _did_you_mean(value, list(_validation_metrics())))
+    if meta["metric"] and value not in VALIDATION_METRICS:
+        raise ConfigError(problem + _did_you_mean(value, list(VALIDATION_METRICS)))
     if meta["min"] is not None and (value < meta["min"] or (meta["min_exclusive"] and value == meta["min"])):
         raise ConfigError(problem)
     if meta["max"] is not None and value > meta["max"]:

@@ -1,4 +1,4 @@
-"""The six lung zones and their scores: the domain facts every module shares."""
+"""The six lung zones and their scores (named in src/config/names.py): what is done with them."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import TypeVar
 
 import numpy as np
 
-ZONES = ("right_sup", "left_sup", "right_mid", "left_mid", "right_inf", "left_inf")
-CLASS_NAMES = ("Normal", "Mild", "Moderate", "Severe", "Unknown")
-UNKNOWN = 4
-KNOWN_CLASSES = (0, 1, 2, 3)
+from src.config.names import CLASS_NAMES, KNOWN_CLASSES, UNKNOWN, ZONES  # noqa: F401  (declared with the config)
 
 # A horizontal flip moves the right lung to the left: zone i takes zone MIRRORED_ZONES[i]'s label.
 MIRRORED_ZONES = (1, 0, 3, 2, 5, 4)

@@ -22,9 +22,9 @@ from torch import nn
 from src.config.schema import Config
 from src.data.zones import ZONES
 from src.deploy.metadata import INPUT_NAMES, METADATA_KEY, OUTPUT_NAME, describe_model
+from src.engine.probabilities import probabilities_for
 from src.evaluation.calibration import fitted_tta
 from src.models.factory import load_trained_model
-from src.training.loss import probabilities_for
 from src.utils.errors import ExportError, first_line
 from src.utils.io import atomic_write_with
 from src.utils.logging import logger

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
+from src.engine.metrics import csi_pairs
+from src.engine.predict import Predictions
 from src.evaluation.agreement import bland_altman, icc_absolute_agreement
 from src.evaluation.bootstrap import BootstrapSettings, metric_intervals, resampling_units
 from src.evaluation.calibration import apply_temperature, calibration_report, fit_temperature, known_zone_samples
 from src.evaluation.calibration import negative_log_likelihood as nll
 from src.evaluation.stat_plots import plot_agreement, plot_reliability
-from src.training.loop import Predictions
-from src.training.metrics import csi_pairs
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.training.metrics import compute_all_metrics
+from src.engine.metrics import compute_all_metrics
 
 LEVEL = 0.95
 

@@ -22,11 +22,11 @@ from scipy.stats import binomtest
 
 from src.data.load import read_split_csv
 from src.data.zones import UNKNOWN, ZONES
+from src.engine.metrics import HEADLINE_METRICS, compute_all_metrics
 from src.evaluation.bootstrap import BootstrapSettings, paired_difference, resample_weights, resampling_units
 from src.evaluation.predictions import read_predictions_table
 from src.evaluation.stat_plots import plot_differences
 from src.reporting.html import Image, KeyValues, Report, Table, Text
-from src.training.metrics import HEADLINE_METRICS, compute_all_metrics
 from src.utils.errors import CSIError
 from src.utils.io import atomic_write_csv, atomic_write_text
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from src.config.schema import Config
+from src.engine.metrics import compute_all_metrics
+from src.engine.predict import Predictions
 from src.evaluation.bootstrap import BootstrapSettings, metric_intervals, resampling_units
 from src.evaluation.calibration import apply_temperature, stored_temperature
 from src.evaluation.evaluate import predict_checkpoint, resolve_checkpoint, write_split_outputs
-from src.training.loop import Predictions
-from src.training.metrics import compute_all_metrics
 from src.utils.errors import CheckpointError
 from src.utils.io import atomic_write_text
 from src.utils.logging import logger

@@ -14,6 +14,10 @@ from src.config.schema import Config
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
 from src.data.zones import CLASS_NAMES, ZONES
+from src.engine.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
+from src.engine.predict import Predictions, predict_batches
+from src.engine.probabilities import Probabilities, probabilities_for
+from src.engine.settings import LoopSettings, place_model
 from src.evaluation.analysis import analyse_split, analyses_json, fit_calibration
 from src.evaluation.bootstrap import BootstrapSettings
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
@@ -22,9 +26,6 @@ from src.evaluation.report import EvaluationRun, write_evaluation_report
 from src.evaluation.saliency import explain_selected_images
 from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
-from src.training.loop import LoopSettings, Predictions, Probabilities, place_model, predict_batches
-from src.training.loss import probabilities_for
-from src.training.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
 from src.utils.checkpoint import save_checkpoint
 from src.utils.device import resolve_device
 from src.utils.errors import CheckpointError
@@ -48,7 +49,7 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
     """The device, step settings and logits -> probabilities map (as the model was trained to output)
     for scoring with `model`, which is moved to that device."""
     device = resolve_device(cfg.training.device)
-    settings = LoopSettings.from_config(cfg, device)
+    settings = LoopSettings.from_config(cfg, device, measure=False)  # scoring never times training steps
     place_model(model, device, settings)
     return device, settings, probabilities_for(cfg.loss.loss)
 

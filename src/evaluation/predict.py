@@ -16,13 +16,13 @@ from src.data.inputs import cache_inputs
 from src.data.masks import scoring_zones
 from src.data.preprocess import normalization_stats
 from src.data.zones import UNKNOWN, ZONES
+from src.engine.predict import Predictions, predict_batches
 from src.evaluation.calibration import apply_temperature, stored_temperature
 from src.evaluation.ensemble import aligned, combine_probabilities, ensemble_average, member_names
 from src.evaluation.evaluate import loop_settings
 from src.evaluation.predictions import predictions_table
 from src.evaluation.tta import with_tta
 from src.models.factory import CSIModel, load_trained_model
-from src.training.loop import Predictions, predict_batches
 from src.utils.io import atomic_write_csv
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from src.data.zones import CLASS_NAMES, ZONES, csi_from_scores
-from src.training.metrics import AHF_CLASSES, ahf_class, predicted_csi
+from src.engine.metrics import AHF_CLASSES, ahf_class, predicted_csi
 
 
 def _ahf_names(csi: np.ndarray, low: float, high: float) -> list[str]:

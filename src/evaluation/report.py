@@ -18,10 +18,10 @@ from src.config.schema import Config
 from src.data.load import DataBundle
 from src.data.summary import label_counts, split_counts
 from src.data.zones import ZONES
+from src.engine.metrics import HEADLINE_METRICS
+from src.engine.predict import Predictions
 from src.evaluation.analysis import SplitAnalysis
 from src.reporting.html import Gallery, Heading, Image, KeyFigures, KeyValues, Report, Row, Table, Text
-from src.training.loop import Predictions
-from src.training.metrics import HEADLINE_METRICS
 
 
 @dataclass

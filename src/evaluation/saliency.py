@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from src.data.dataset import CSIDataset
 from src.data.zones import ZONES, csi_from_scores
+from src.engine.metrics import predicted_csi
+from src.engine.predict import Predictions
 from src.evaluation.plots import plot_zone_saliency
 from src.models.factory import CSIModel
-from src.training.loop import Predictions
-from src.training.metrics import predicted_csi
 from src.utils.logging import logger
 
 

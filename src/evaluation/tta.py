@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.data.zones import mirror_zones
-from src.training.loop import Probabilities
+from src.engine.probabilities import Probabilities
 
 ZOOMS = {"none": (), "flip": (1.0,), "flip+scale": (1.0, 0.9, 1.1)}  # each zoom unflipped and mirrored
 

@@ -18,6 +18,7 @@ import yaml
 
 from src.config.loader import _did_you_mean as did_you_mean
 from src.config.loader import apply_overrides, describe_allowed, parse_assignment
+from src.config.names import VALIDATION_METRICS
 from src.config.schema import SEARCH_SPACE_SECTION, Config, section_fields, section_names
 from src.sweeps.distributions import GRID_DISTRIBUTIONS, Param, infer_distribution, support
 from src.utils.errors import ConfigError
@@ -61,12 +62,6 @@ class SweepSpec:
     @property
     def direction(self) -> str:
         return "maximize" if self.goal == "maximize" else "minimize"
-
-
-def _validation_metrics() -> tuple[str, ...]:
-    from src.training.metrics import VALIDATION_METRICS  # the one published list of metric names
-
-    return VALIDATION_METRICS
 
 
 def hyperband_bands(et: dict[str, Any], where: str) -> tuple[int, ...]:
@@ -229,9 +224,9 @@ def parse_sweep(text: str, origin: str, cfg: Config) -> SweepSpec:
     if method == "bayes" and "metric" not in doc:
         raise ConfigError(f"{origin}: method bayes learns from a metric; add metric.name and metric.goal")
     metric_name = metric.get("name", cfg.hyperopt.metric)
-    if metric_name not in _validation_metrics():
+    if metric_name not in VALIDATION_METRICS:
         raise ConfigError(f"{origin}: metric.name = {metric_name!r} is not a validation metric"
-                          f"{did_you_mean(str(metric_name), _validation_metrics())}")
+                          f"{did_you_mean(str(metric_name), VALIDATION_METRICS)}")
     goal = metric.get("goal", "minimize")
     if goal not in GOALS:
         raise ConfigError(f"{origin}: metric.goal = {goal!r}: expected minimize or maximize")

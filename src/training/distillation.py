@@ -11,8 +11,9 @@ from torch import nn
 
 from src.config.schema import Config
 from src.data.preprocess import normalization_stats
+from src.engine.probabilities import probabilities_for
 from src.models.factory import load_trained_model
-from src.training.loss import WeightedCSILoss, probabilities_for
+from src.training.loss import WeightedCSILoss
 from src.utils.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""One epoch of training or validation, and batched prediction."""
+"""One epoch of training or validation."""
 
 from __future__ import annotations
 
@@ -6,29 +6,24 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from src.config.schema import Config, section_fields
+from src.engine.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
+from src.engine.predict import Predictions, predict_batches
+from src.engine.probabilities import Probabilities, softmax_probabilities
+from src.engine.settings import LoopSettings, to_device
 from src.training.callbacks import AverageMeter
-from src.training.loss import softmax_probabilities
-from src.training.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
-from src.training.precision import choose_precision
-from src.utils.device import autocast, resolve_precision, use_channels_last
-from src.utils.distributed import DistInfo, average_scalar, gather_objects
+from src.utils.device import autocast
+from src.utils.distributed import average_scalar, gather_objects
 from src.utils.errors import TrainingDiverged
 
 _POSTFIX_INTERVAL_S = 1.0  # the progress bar's loss needs a host read: not every step
 
-__all__ = ["LoopSettings", "NonFiniteGuard", "Predictions", "TrainingDiverged", "place_model", "predict_batches",
-           "train_epoch", "validate_epoch"]
-
-_EVALUATION = section_fields("Evaluation")
-Probabilities = Callable[[torch.Tensor], torch.Tensor]  # logits -> class probabilities
+__all__ = ["NonFiniteGuard", "StepInterrupted", "TrainingDiverged", "train_epoch", "validate_epoch"]
 
 
 class StepInterrupted(Exception):
@@ -37,50 +32,6 @@ class StepInterrupted(Exception):
     def __init__(self, batches: int) -> None:
         super().__init__(f"stopped after {batches} batches")
         self.batches = batches
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    """How each step runs, fixed for a run. The moving parts (scaler, schedulers, augmenter, teacher)
-    are passed to train_epoch explicitly; the running count of bad steps is a NonFiniteGuard's."""
-
-    dtype: torch.dtype = torch.float32
-    channels_last: bool = False
-    grad_accumulation: int = 1
-    max_grad_norm: float = 0.0
-    max_nonfinite_steps: int = section_fields("Training")["max_nonfinite_steps"].default
-    ahf_low: float = _EVALUATION["ahf_low_threshold"].default
-    ahf_high: float = _EVALUATION["ahf_high_threshold"].default
-    progress: bool = True  # show a progress bar
-    dist: DistInfo = field(default_factory=DistInfo)
-
-    @classmethod
-    def from_config(cls, cfg: Config, device: torch.device) -> LoopSettings:
-        """Settings per `cfg`, with the precision and memory format it asks for on `device`."""
-        if cfg.training.precision == "auto":  # measured for this model on this device (cached)
-            choice = choose_precision(cfg, device)
-            dtype, channels_last = choice.dtype, choice.channels_last
-        else:
-            dtype = resolve_precision(cfg.training.precision, device)
-            channels_last = use_channels_last(cfg.training.channels_last, dtype)
-        return cls(dtype=dtype, channels_last=channels_last,
-                   grad_accumulation=cfg.training.gradient_accumulation_steps,
-                   max_grad_norm=cfg.training.max_grad_norm,
-                   max_nonfinite_steps=cfg.training.max_nonfinite_steps,
-                   ahf_low=cfg.evaluation.ahf_low_threshold, ahf_high=cfg.evaluation.ahf_high_threshold)
-
-
-def place_model(model: nn.Module, device: torch.device, settings: LoopSettings) -> nn.Module:
-    """`model` on `device`, in channels-last memory format when the settings use it."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if settings.channels_last else model
-
-
-def _to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True, memory_format=memory_format)
-    return images, targets.to(device, non_blocking=True)
 
 
 def _grad_norm(model: nn.Module) -> torch.Tensor:
@@ -166,7 +117,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     group_has_gradient = False
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
     for index, (images, targets, _) in enumerate(bar):
-        images, targets = _to_device(images, targets, device, settings.channels_last)
+        images, targets = to_device(images, targets, device, settings.channels_last)
         if augment is not None:
             images, targets = augment(images, targets)
         with autocast(device, settings.dtype):
@@ -224,36 +175,6 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         "images_per_second": settings.dist.world_size * images_seen / elapsed if elapsed > 0 else math.nan,
         "epoch_seconds": elapsed,
     }
-
-
-@dataclass
-class Predictions:
-    file_ids: list[str]
-    probs: np.ndarray  # [N, 6, 5]
-    targets: np.ndarray  # [N, 6]
-    loss: float  # NaN when no criterion was given
-
-
-@torch.no_grad()
-def predict_batches(model: nn.Module, loader, device: torch.device, settings: LoopSettings | None = None,
-                    criterion: nn.Module | None = None, desc: str = "predict",
-                    probabilities: Probabilities = softmax_probabilities) -> Predictions:
-    """Class probabilities of every image of `loader` (and the mean loss when `criterion` is given)."""
-    settings = settings or LoopSettings()
-    model.eval()
-    loss_meter, file_ids, probs, targets_seen = AverageMeter(), [], [], []
-    for images, targets, ids in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not settings.progress):
-        images, targets = _to_device(images, targets, device, settings.channels_last)
-        with autocast(device, settings.dtype):
-            logits = model(images)
-        if criterion is not None:
-            loss_meter.update(criterion(logits, targets).item(), len(images))
-        probs.append(probabilities(logits.float()).cpu())
-        targets_seen.append(targets.cpu())
-        file_ids.extend(ids)
-    if not file_ids:  # a rank whose share of the data is empty
-        return Predictions([], np.zeros((0, 6, 5), np.float32), np.zeros((0, 6), np.int64), float("nan"))
-    return Predictions(file_ids, torch.cat(probs).numpy(), torch.cat(targets_seen).numpy(), loss_meter.average)
 
 
 def validate_epoch(model: nn.Module, loader, criterion: nn.Module, device: torch.device, epoch: int,

@@ -16,12 +16,13 @@ from src.data.augment import BatchAugmenter
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
 from src.data.preprocess import normalization_stats
+from src.engine.settings import LoopSettings, place_model
 from src.models.factory import build_model, weight_bytes
 from src.models.zoo import check_weights, resolve_preprocessing
 from src.training.callbacks import resolve_mode
 from src.training.distillation import build_distillation
 from src.training.loggers import create_loggers
-from src.training.loop import LoopSettings, NonFiniteGuard, StepInterrupted, place_model, train_epoch, validate_epoch
+from src.training.loop import NonFiniteGuard, StepInterrupted, train_epoch, validate_epoch
 from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
 from src.training.run_state import RunState

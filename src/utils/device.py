@@ -54,7 +54,7 @@ def _cpu_flags_have_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """Autocast dtype of an explicit `precision` (fp32, bf16, fp16) on `device`; float32 means no
-    autocast. `auto` is measured per model: src/training/precision.py."""
+    autocast. `auto` is measured per model: src/engine/precision.py."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"[Training] precision = fp16 needs a CUDA device (got {device.type}); use bf16 or fp32")
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from src.config.loader import load_config
-from src.training.precision import cache_file, choose_precision
+from src.engine.precision import cache_file, choose_precision
 from src.utils.device import resolve_device
 from tests.conftest import run_main, write_config, write_png_dataset
 

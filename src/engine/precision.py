@@ -153,12 +153,13 @@ def pick(step_seconds: dict[Precision, float]) -> Precision:
     return fastest if step_seconds[fastest] < (1 - MARGIN) * step_seconds[fp32] else fp32
 
 
-def choose_precision(cfg: Config, device: torch.device) -> Precision:
-    """`precision = auto` for this model, input size and device: the cached pick, else a measured one."""
+def choose_precision(cfg: Config, device: torch.device, measure: bool = True) -> Precision:
+    """`precision = auto` for this model, input size and device: the cached pick, else a measured one
+    (with `measure=False`, as evaluation and prediction ask: fp32, with nothing timed or recorded)."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     choice = None
     if not distributed or torch.distributed.get_rank() == 0:
-        choice = _measured_or_cached(cfg, device)
+        choice = _measured_or_cached(cfg, device, measure)
     if distributed:
         box = [choice]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -166,7 +167,7 @@ def choose_precision(cfg: Config, device: torch.device) -> Precision:
     return choice
 
 
-def _measured_or_cached(cfg: Config, device: torch.device) -> Precision:
+def _measured_or_cached(cfg: Config, device: torch.device, measure: bool) -> Precision:
     options = candidates(device, cfg.training.channels_last)
     path, key = cache_file(), _cache_key(cfg, device)
     try:
@@ -175,6 +176,8 @@ def _measured_or_cached(cfg: Config, device: torch.device) -> Precision:
         known = {}
     if key in known:
         return Precision(known[key]["precision"], known[key]["channels_last"])
+    if not measure:
+        return options[0]
     if len(options) == 1:  # nothing to measure; the pick is still recorded, once per machine like the others
         choice, rate = options[0], {}
         logger.info(f"precision = auto: {choice}, the only candidate on {_device_name(device)}{_why_alone(device)}")

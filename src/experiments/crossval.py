@@ -28,9 +28,9 @@ from src.config.schema import Config
 from src.config.trained import checkpoint_config
 from src.data.load import DataBundle, load_data
 from src.data.split import fold_splits, plan_folds
+from src.engine.metrics import compute_all_metrics
 from src.evaluation.evaluate import evaluate_model
 from src.evaluation.predictions import predictions_arrays
-from src.training.metrics import compute_all_metrics
 from src.training.trainer import TrainResult, resume_point, train_model
 from src.utils.errors import ConfigError
 from src.utils.io import atomic_write_csv, atomic_write_text
