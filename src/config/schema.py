@@ -28,7 +28,7 @@ def key(
 ) -> Any:
     """Declare one config key: default plus the metadata the rest of the tool reads.
 
-    `metric`: the value names a validation metric, checked against the names src/training/metrics.py
+    `metric`: the value names a validation metric, checked against the names src/config/names.py
     publishes. `prefixes`: besides the choices, any value made of one of them and a name is allowed."""
     meta = {
         "help": help,
