@@ -26,8 +26,13 @@ demo: $(DEMO)
 train: demo
 	$(PY) main.py --mode train
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file each at a time, so that a
+# module's shared fixtures are built once; most tests wait on one core (a subprocess starting, one
+# small model), so two workers use a 2-core machine fully.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts main.py

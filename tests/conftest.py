@@ -124,23 +124,36 @@ def run_main(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600)
                           capture_output=True, text=True, timeout=timeout)
 
 
+def install_debian_package(package: str, present) -> str:
+    """Install Debian's `package` unless `present()` already holds; returns '' or why it failed.
+
+    Test processes running side by side (pytest -n) take turns: apt-get holds dpkg's lock, and a second
+    install would fail on it, so they queue on a lock file and the later ones find the package there."""
+    from filelock import FileLock
+
+    with FileLock(Path(tempfile.gettempdir()) / "csi-predictor-apt.lock"):
+        if present():
+            return ""
+        if not shutil.which("apt-get") or os.geteuid() != 0:
+            return f"cannot be (needs apt-get as root): apt-get install {package}"
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+            done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+            if done.returncode != 0:
+                return f"`{' '.join(command)}` failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}"
+        return "" if present() else f"`apt-get install {package}` did not install it"
+
+
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """Path of a headless-capable Chromium; Debian's package is installed when missing (as root)."""
     sys.path.insert(0, str(REPO / "scripts"))
     from chromium import find_chromium
 
-    if find_chromium() is None and shutil.which("apt-get") and os.geteuid() == 0:
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ,
-                                                                                 "DEBIAN_FRONTEND": "noninteractive"})
-            if done.returncode != 0:
-                pytest.skip(f"chromium is not installed and `{' '.join(command)}` failed: "
-                            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("chromium is not installed and cannot be (needs apt-get as root): apt-get install chromium")
-    return binary
+    failed = install_debian_package("chromium", find_chromium)
+    if failed:
+        pytest.skip(f"chromium is not installed and {failed}")
+    return find_chromium()
 
 
 def start_main(*args: str, cwd: Path) -> subprocess.Popen:
@@ -170,13 +183,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def postgres_url():
     """A throwaway PostgreSQL server on loopback (Debian's package, installed if missing)."""
-    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = subprocess.run("apt-get update -qq && apt-get install -y -qq postgresql", shell=True,
-                                 env=env, capture_output=True, text=True, timeout=900)
-        if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-            pytest.skip(f"PostgreSQL is not installed and `apt-get install postgresql` failed: "
-                        f"{(install.stderr.strip().splitlines() or ['no output'])[-1]}")
+    failed = install_debian_package("postgresql", lambda: glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if failed:
+        pytest.skip(f"PostgreSQL is not installed and {failed}")
     bin_dir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="csi-postgres-"))
     as_owner = []
