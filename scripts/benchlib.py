@@ -159,6 +159,8 @@ def machine() -> dict:
     """The machine the figures belong to."""
     import torch
 
+    from src.utils.device import cpu_has_fast_bf16, onednn_isa_cap
+
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
                  platform.processor() or "unknown")
@@ -169,7 +171,11 @@ def machine() -> dict:
     return {
         "cpu": model,
         "cores": len(os.sched_getaffinity(0)),
-        "bf16_instructions": [f for f in ("amx_bf16", "avx512_bf16") if f in flags],
+        # What decides the CPU figures: the widest vector ISA and native bf16 (AMX, AVX-512-BF16), and
+        # whether oneDNN was capped below them.
+        "vector_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags],
+        "onednn_max_cpu_isa": onednn_isa_cap() or None,
+        "native_bf16": cpu_has_fast_bf16(),
         "memory_gib": round(mem_kb / 2**20, 1),
         "gpu": ", ".join(gpus) if gpus else None,
         "torch": torch.__version__,
@@ -177,6 +183,13 @@ def machine() -> dict:
         "python": platform.python_version(),
         "os": platform.platform(),
     }
+
+
+def cpu_kind(about: dict) -> str:
+    """The CPU's kind as the figures depend on it, e.g. 'flags avx2 avx512f avx512_bf16: native bf16'."""
+    flags = " ".join(about["vector_flags"]) or "no avx2"
+    cap = f", oneDNN capped at {about['onednn_max_cpu_isa']}" if about["onednn_max_cpu_isa"] else ""
+    return f"flags {flags}{cap}: {'native bf16' if about['native_bf16'] else 'no native bf16 (fp32 only)'}"
 
 
 def _format(value: float, unit: str) -> str:
@@ -202,8 +215,7 @@ def markdown(sections: list[Section], about: dict, quick: bool) -> str:
         "",
         "## Machine",
         "",
-        f"- CPU: {about['cpu']}, {about['cores']} cores"
-        + (f" ({', '.join(about['bf16_instructions'])})" if about["bf16_instructions"] else ""),
+        f"- CPU: {about['cpu']}, {about['cores']} cores; {cpu_kind(about)}",
         f"- Memory: {about['memory_gib']} GiB",
         f"- GPU: {gpu}",
         f"- torch {about['torch']} ({about['torch_threads']} threads), Python {about['python']}, {about['os']}",
