@@ -241,8 +241,24 @@ class CallbacksConfig:
 @dataclass(frozen=True)
 class DataConfig:
     labels_csv: str = key(
-        "data/labels.csv", "Labels CSV: FileID + six zone columns (+ optional csi, PatientID, split, path).")
-    image_dir: str = key("data/images", "Directory holding the image files named by FileID.")
+        "data/labels.csv", "Labels CSV: FileID + six zone columns (+ optional csi, PatientID, split, path); several "
+        "readers' scores as <zone>@<reader> columns (e.g. right_sup@r1), combined per consensus.")
+    label_format: str = key(
+        "csi",
+        "csi: the labels CSV above; brixia: a file of the BrixIA COVID-19 data set as distributed, recognised by "
+        "its columns: metadata_global (Filename, Subject, BrixiaScore, ConsensusTestset), the consensus file "
+        "(MeanA..MeanF, ModeA..ModeF) or the public subset's annotations (S-A..S-F senior, J-A..J-F junior "
+        "reader); zones A-F become right_sup, right_mid, right_inf, left_sup, left_mid, left_inf.",
+        choices=("csi", "brixia"))
+    consensus: str = key(
+        "mean",
+        "How several readers' scores of a zone make the target: mean or median of the readers who scored it, "
+        "a half rounded up; majority: the score most of them gave, a tie going to the tied score nearest the "
+        "median (then the higher). A zone is Unknown when more than half of the readers who read the image "
+        "marked it so, or none scored it.",
+        choices=("mean", "median", "majority"))
+    image_dir: str = key("data/images", "Directory holding the image files named by FileID; eval --labels: the "
+                         "external set's images.", flag="--image-dir")
     image_extension: str = key(
         "",
         "Extension of the image files (e.g. .png); empty: find each file whatever its supported "
@@ -344,6 +360,11 @@ class EvaluationConfig:
         "auto", "How eval and predict combine the class probabilities of several checkpoints: mean, geometric "
         "(the normalised geometric mean), or auto: geometric when calibrate = true (each member then applies "
         "its own stored temperature first), else mean.", choices=("auto", "mean", "geometric"))
+    outcome_column: str = key(
+        "", "A binary column of the labels (0/1, true/false, yes/no; empty: not known), e.g. adjudicated acute "
+        "heart failure: eval reports the AUROC of the predicted CSI (and of each reader's) with 95% CIs, ROC "
+        "curves, sensitivity, specificity, PPV and NPV at ahf_low/high_threshold and at the Youden point, and the "
+        "model against each reader on the same patients. Empty: no outcome.")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Read and validate the labels CSV (legacy layout: FileID;right_sup;...;left_inf;csi)."""
+"""Read and validate the labels CSV (legacy layout: FileID;right_sup;...;left_inf;csi).
+
+Several readers' scores come as `<zone>@<reader>` columns (see src/data/consensus.py), which then
+make the six zone columns by [Data] consensus; an outcome column ([Evaluation] outcome_column) is
+read as 0/1 (NaN where not known)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from src.data.consensus import READER_SEPARATOR, consensus, reader_column
 from src.data.zones import UNKNOWN, ZONES, csi_from_scores
 from src.utils.errors import DataError
 from src.utils.logging import logger
@@ -22,11 +27,12 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 _SEPARATORS = (";", ",", "\t")
 _SPREADSHEET_FLOAT = re.compile(r"(\d+)\.0+")
 _UNKNOWN_WORDS = ("nan", "na", "n/a", "none")
+_OUTCOME_WORDS = {"0": 0.0, "1": 1.0, "false": 0.0, "true": 1.0, "no": 0.0, "yes": 1.0, "n": 0.0, "y": 1.0}
 _SCORE_TEXTS = tuple(str(score) for score in range(UNKNOWN + 1))
 _PLAIN_SCORES = pd.Index([*_SCORE_TEXTS, ""])  # position = score, and "" (last) is Unknown
 
 
-def _shown(text: str, limit: int = 80) -> str:
+def shown(text: str, limit: int = 80) -> str:
     """`text` fit for a one-line message: whitespace runs (quoted line breaks) as one space, cut."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
@@ -108,8 +114,8 @@ def _parse_scores(cells: pd.Series, where: Callable[[int], str]) -> np.ndarray:
     return numbers.astype(np.int64)
 
 
-def _read_csv(path: Path, separator: str, encoding: str,
-              required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
+def read_csv_table(path: Path, separator: str, encoding: str,
+                   required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
     """The CSV as strings indexed by line number, and lower-case column name -> actual name.
 
     Rows whose cells are all empty (blank lines, spreadsheets' ';;;;;;' rows) are dropped; checks
@@ -132,18 +138,18 @@ def _columns(header: list[str], line: int, path: Path, required: tuple[str, ...]
     by_lower: dict[str, str] = {}
     for name in header:
         if name and name.lower() in by_lower:
-            raise DataError(f"{path}: column {_shown(name)} appears twice in the header (line {line})")
+            raise DataError(f"{path}: column {shown(name)} appears twice in the header (line {line})")
         by_lower[name.lower()] = name
     missing = [c for c in required if c not in by_lower]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {_shown(', '.join(header))} "
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {shown(', '.join(header))} "
                         f"(separator {separator!r}; set [Data] csv_separator if that is wrong)")
     return by_lower
 
 
 def _read_uniform(text: str, separator: str, path: Path,
                   required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]] | None:
-    """_read_csv by pandas' C parser, for the common file (large ones among them): header on line 1,
+    """read_csv_table by pandas' C parser, for the common file (large ones among them): header on line 1,
     no row longer than it, no line break inside a quoted field. None for any other file, which
     _read_careful reads (and words the errors of)."""
     try:
@@ -170,7 +176,7 @@ def _read_uniform(text: str, separator: str, path: Path,
 
 def _read_careful(text: str, separator: str, path: Path,
                   required: tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, str]]:
-    """_read_csv row by row with the csv module: any layout, each error with its line."""
+    """read_csv_table row by row with the csv module: any layout, each error with its line."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     rows, lines, end = [], [], 0
     try:
@@ -211,42 +217,123 @@ def _file_ids(raw: pd.DataFrame, by_lower: dict[str, str], path: Path) -> pd.Dat
 
 def read_file_ids(path: str | Path, separator: str = "", encoding: str = "auto") -> pd.DataFrame:
     """FileID (and path, when present) of a CSV in the labels layout; score columns are ignored."""
-    raw, by_lower = _read_csv(Path(path), separator, encoding, ("fileid",))
+    raw, by_lower = read_csv_table(Path(path), separator, encoding, ("fileid",))
     return _file_ids(raw, by_lower, Path(path))
 
 
-def read_labels(path: str | Path, separator: str = "", encoding: str = "auto") -> pd.DataFrame:
-    """Labels as a DataFrame: FileID (str), the six zones (int 0-4), csi, and the optional
-    PatientID, split and path columns when the file has them. Raises DataError naming the line."""
-    path = Path(path)
-    raw, by_lower = _read_csv(path, separator, encoding, ("fileid",) + ZONES)
-    table = _file_ids(raw, by_lower, path)
-    lines = raw.index.to_numpy()
-    scores = np.empty((len(raw), len(ZONES)), dtype=np.int64)
-    for z, zone in enumerate(ZONES):
-        scores[:, z] = _parse_scores(raw[by_lower[zone]], lambda row, zone=zone: (
-            f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])}), column {zone}"))
-        table[zone] = scores[:, z]
-    table["csi"] = csi_from_scores(scores)
+def _score_columns(header: list[str], path: Path) -> tuple[bool, dict[str, list[str]]]:
+    """Whether the six plain zone columns are there, and reader -> its six `<zone>@<reader>` columns (as
+    written), in header order. Refuses a reader column of another zone and a reader without all six."""
+    lower = {name.lower(): name for name in header}
+    readers: dict[str, dict[str, str]] = {}
+    for name in header:
+        zone, separator, reader = name.partition(READER_SEPARATOR)
+        if not separator:
+            continue
+        if zone.lower() not in ZONES or not reader.strip():
+            raise DataError(f"{path}: column {shown(name)} is not <zone>@<reader>: zone {shown(zone)!r} is not one "
+                            f"of {', '.join(ZONES)}" if zone.lower() not in ZONES else
+                            f"{path}: column {shown(name)} names no reader after '{READER_SEPARATOR}'")
+        readers.setdefault(reader.strip(), {})[zone.lower()] = name
+    for reader, columns in readers.items():
+        missing = [zone for zone in ZONES if zone not in columns]
+        if missing:
+            raise DataError(f"{path}: reader {shown(reader)} has no column(s) "
+                            f"{', '.join(reader_column(z, reader) for z in missing)}; each reader scores all six zones")
+    plain = [zone for zone in ZONES if zone in lower]
+    if readers and plain:
+        raise DataError(f"{path}: has both zone column {plain[0]} and readers' columns "
+                        f"({', '.join(readers)}); keep one: the readers' consensus ([Data] consensus) is the target")
+    if not readers and len(plain) < len(ZONES):
+        missing = [zone for zone in ZONES if zone not in lower]
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {shown(', '.join(header))} "
+                        "(or give every reader's scores as <zone>@<reader> columns)")
+    return not readers, {reader: [columns[z] for z in ZONES] for reader, columns in readers.items()}
 
+
+def parse_score_columns(raw: pd.DataFrame, columns: list[str], names: list[str], path: Path,
+                        file_ids: pd.Series) -> np.ndarray:
+    """[N, 6] scores of six columns of `raw` (0-4; empty, NaN words: Unknown); `names` in messages."""
+    lines = raw.index.to_numpy()
+    scores = np.empty((len(raw), len(columns)), dtype=np.int64)
+    for z, (column, name) in enumerate(zip(columns, names)):
+        scores[:, z] = _parse_scores(raw[column], lambda row, name=name: (
+            f"{path}: line {lines[row]} (FileID {shown(file_ids.iat[row])}), column {name}"))
+    return scores
+
+
+def parse_outcome(cells: pd.Series, where: Callable[[int], str], column: str) -> np.ndarray:
+    """1.0 / 0.0 per cell of a binary outcome column (0/1, true/false, yes/no, y/n, any case; a
+    spreadsheet's 1.0), NaN where empty or a NaN word (not known)."""
+    text = cells.str.strip().str.lower().str.replace(rf"\A{_SPREADSHEET_FLOAT.pattern}\Z", r"\1", regex=True)
+    values = text.map(_OUTCOME_WORDS).to_numpy(dtype=float)
+    missing = (text == "") | text.isin(_UNKNOWN_WORDS)
+    bad = np.flatnonzero(np.isnan(values) & ~missing.to_numpy())
+    if len(bad):
+        raise DataError(f"{where(bad[0])}, column {column}: {cells.iat[bad[0]]!r} is not a binary outcome; allowed "
+                        "0 or 1 (also true/false, yes/no) or empty for not known ([Evaluation] outcome_column)")
+    return values
+
+
+def read_outcome(raw: pd.DataFrame, by_lower: dict[str, str], column: str, path: Path,
+                 file_ids: pd.Series) -> np.ndarray:
+    """The [Evaluation] outcome_column of a labels table, as parse_outcome reads it."""
+    if column.lower() not in by_lower:
+        raise DataError(f"{path}: no column {column!r} ([Evaluation] outcome_column); found "
+                        f"{shown(', '.join(raw.columns))}")
+    lines = raw.index.to_numpy()
+    return parse_outcome(raw[by_lower[column.lower()]], lambda row: (
+        f"{path}: line {lines[row]} (FileID {shown(file_ids.iat[row])})"), column)
+
+
+def check_unique_ids(table: pd.DataFrame, lines: np.ndarray, path: Path) -> None:
     duplicated = table["FileID"].duplicated(keep=False).to_numpy()
     if duplicated.any():
         first = table["FileID"][duplicated].iloc[0]
         listed = ", ".join(str(n) for n in lines[duplicated & (table["FileID"] == first).to_numpy()][:10])
-        raise DataError(f"{path}: FileID {_shown(first)} appears more than once (lines {listed})")
+        raise DataError(f"{path}: FileID {shown(first)} appears more than once (lines {listed})")
+
+
+def read_labels(path: str | Path, separator: str = "", encoding: str = "auto", consensus_rule: str = "mean",
+                outcome_column: str = "") -> pd.DataFrame:
+    """Labels as a DataFrame: FileID (str), the six zones (int 0-4), csi, each reader's
+    `<zone>@<reader>` scores when the file has readers (the zones are then their consensus), and the
+    optional PatientID, split, path and `outcome` (`outcome_column` read as 0/1/NaN) columns.
+    Raises DataError naming the line."""
+    path = Path(path)
+    raw, by_lower = read_csv_table(path, separator, encoding, ("fileid",))
+    table = _file_ids(raw, by_lower, path)
+    lines = raw.index.to_numpy()
+    plain, readers = _score_columns(list(raw.columns), path)
+    if plain:
+        scores = parse_score_columns(raw, [by_lower[z] for z in ZONES], list(ZONES), path, table["FileID"])
+    else:
+        by_reader = {reader: parse_score_columns(raw, columns, columns, path, table["FileID"])
+                     for reader, columns in readers.items()}
+        scores = consensus(np.stack(list(by_reader.values())), consensus_rule)
+    for z, zone in enumerate(ZONES):
+        table[zone] = scores[:, z]
+    table["csi"] = csi_from_scores(scores)
+    if not plain:
+        table = table.assign(**{reader_column(zone, reader): values[:, z]
+                                for reader, values in by_reader.items() for z, zone in enumerate(ZONES)})
+    check_unique_ids(table, lines, path)
 
     if "patientid" in by_lower:
         table["PatientID"] = raw[by_lower["patientid"]].str.strip().to_numpy()
     if "split" in by_lower:
         table["split"] = _parse_splits(raw[by_lower["split"]], lambda row: (
-            f"{path}: line {lines[row]} (FileID {_shown(table['FileID'].iat[row])})"))
+            f"{path}: line {lines[row]} (FileID {shown(table['FileID'].iat[row])})"))
+    if outcome_column:
+        table["outcome"] = read_outcome(raw, by_lower, outcome_column, path, table["FileID"])
     return table
 
 
 def _parse_splits(cells: pd.Series, where: Callable[[int], str]) -> np.ndarray:
-    names = cells.str.strip().str.lower().map(_SPLIT_ALIASES)
+    """Split names per cell; an empty cell stays "" (the split assigns that row: see assign_splits)."""
+    names = cells.str.strip().str.lower().map({**_SPLIT_ALIASES, "": ""})
     unknown = np.flatnonzero(names.isna().to_numpy())
     if len(unknown):
         raise DataError(f"{where(unknown[0])}, column split: {cells.iat[unknown[0]]!r} is not a split; "
-                        "allowed train, val, test")
+                        "allowed train, val, test, or empty to have it assigned")
     return names.to_numpy(dtype=object)

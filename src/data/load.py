@@ -13,10 +13,12 @@ import pandas as pd
 
 from src.config.schema import Config, DataConfig
 from src.data.cache import CacheSettings, ImageCache, build_cache, prebuild_part
-from src.data.labels import SPLITS, read_labels
+from src.data.label_sources import read_label_table
+from src.data.labels import SPLITS
 from src.data.locate import locate_images
 from src.data.masks import ZoneMaps, build_zone_maps
 from src.data.preprocess import normalization_stats
+from src.data.sanity import check_split_scores, too_small, too_small_message, warn_constant_images
 from src.data.split import assign_splits
 from src.data.zones import ZONES
 from src.utils.errors import DataError
@@ -71,6 +73,11 @@ def _report_unusable(source: str | Path, problems: pd.DataFrame, on_missing: str
     logger.warning(f"{summary}; skipped ([Data] on_missing = skip)")
 
 
+def _skipped(file_ids: Sequence[str], reasons: dict[int, str]) -> pd.DataFrame:
+    return pd.DataFrame({"FileID": [file_ids[i] for i in sorted(reasons)],
+                         "reason": [reasons[i] for i in sorted(reasons)]})
+
+
 def cache_images(file_ids: Sequence[str], paths: Sequence[Path | None], data: DataConfig,
                  source: str | Path) -> tuple[ImageCache, np.ndarray, pd.DataFrame]:
     """Decode the images that exist into the cache (preprocessed per `data`) and report the missing
@@ -81,12 +88,21 @@ def cache_images(file_ids: Sequence[str], paths: Sequence[Path | None], data: Da
     cache = build_cache([paths[i] for i in found], CacheSettings.from_config(data), data.cache_dir)
     reasons = {i: f"no file in {data.image_dir}" for i, p in enumerate(paths) if p is None}
     reasons.update({found[k]: why for k, why in cache.failures.items()})
-    skipped = pd.DataFrame({"FileID": [file_ids[i] for i in sorted(reasons)],
-                            "reason": [reasons[i] for i in sorted(reasons)]})
-    _report_unusable(source, skipped, data.on_missing)
+    _report_unusable(source, _skipped(file_ids, reasons), data.on_missing)
+    small = np.flatnonzero(too_small(cache.original_shapes, data.image_size))
+    if len(small):  # a thumbnail decodes, but is no radiograph to score: refused like an unreadable file
+        message = too_small_message(source, [file_ids[found[k]] for k in small], cache.original_shapes[small],
+                                    data.image_size)
+        if data.on_missing == "error":
+            raise DataError(f"{message} fix them or set [Data] on_missing = skip")
+        logger.warning(f"{message} skipped ([Data] on_missing = skip)")
+        reasons.update({found[k]: "far smaller than image_size" for k in small})
     cache_index = np.full(len(paths), -1)
     cache_index[found] = np.arange(len(found))
     cache_index[sorted(reasons)] = -1
+    usable = np.flatnonzero(cache_index >= 0)
+    warn_constant_images(cache.images, cache_index[usable], [file_ids[i] for i in usable], source)
+    skipped = _skipped(file_ids, reasons)
     return cache, cache_index, skipped
 
 
@@ -122,17 +138,20 @@ def _check_splits(table: pd.DataFrame, origin: str | Path) -> None:
                         "fix the split column or change [Data] train_fraction/val_fraction")
 
 
-def _labelled_images(data: DataConfig) -> tuple[pd.DataFrame, list[Path | None]]:
-    """The labels table and each row's image file (None where there is none)."""
-    table = read_labels(data.labels_csv, data.csv_separator, data.csv_encoding)
+def labelled_images(data: DataConfig, labels: Sequence[str | Path] = (), outcome_column: str = ""
+                    ) -> tuple[pd.DataFrame, list[Path | None]]:
+    """The labels table of `labels` (default [Data] labels_csv; several: one file per reader) and
+    each row's image file in [Data] image_dir (None where there is none)."""
+    labels = list(labels) or [data.labels_csv]
+    table = read_label_table(labels, data, outcome_column)
     return table, locate_images(table, data.image_dir, data.image_extension, data.recursive,
-                                data.allow_outside_paths, data.labels_csv)
+                                data.allow_outside_paths, labels[0])
 
 
 def prebuild_cache_part(data: DataConfig, part: int, parts: int) -> tuple[int, int]:
     """Decode part `part` (1..parts) of the labelled images into the cache, as one of `parts` jobs
     that prebuild it together: (images decoded now, images still missing from the cache)."""
-    _, paths = _labelled_images(data)
+    _, paths = labelled_images(data)
     return prebuild_part([p for p in paths if p is not None], CacheSettings.from_config(data), data.cache_dir,
                          part - 1, parts)
 
@@ -140,7 +159,7 @@ def prebuild_cache_part(data: DataConfig, part: int, parts: int) -> tuple[int, i
 def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
     """Read labels, find and cache every image, and assign splits (or take them from `split_csv`)."""
     data = cfg.data
-    table, paths = _labelled_images(data)
+    table, paths = labelled_images(data, outcome_column=cfg.evaluation.outcome_column)
     cache, cache_index, skipped = cache_images(table["FileID"].tolist(), paths, data, data.labels_csv)
     table = table.assign(path=[str(p) if p else "" for p in paths], cache_index=cache_index)
     table = table[cache_index >= 0].reset_index(drop=True)
@@ -159,5 +178,6 @@ def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
         fractions = (data.train_fraction, data.val_fraction, data.test_fraction)
         table["split"] = assign_splits(table, fractions, cfg.training.seed).to_numpy()
         _check_splits(table, data.labels_csv)
+    check_split_scores(table, split_csv or data.labels_csv)
     mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
     return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std, zones=zones)

@@ -47,11 +47,28 @@ def deal_groups(table: pd.DataFrame, fractions: tuple[float, ...], seed: int) ->
 
 
 def assign_splits(table: pd.DataFrame, fractions: tuple[float, float, float], seed: int) -> pd.Series:
-    """'train'/'val'/'test' per row: an explicit `split` column wins, else `deal_groups`."""
-    if "split" in table:
-        return table["split"].rename("split")
-    parts = deal_groups(table, fractions, seed)
-    return pd.Series(np.asarray(SPLITS, dtype=object)[parts], index=table.index, name="split")
+    """'train'/'val'/'test' per row: an explicit `split` column wins, else `deal_groups`.
+
+    A column may leave rows empty (BrixIA names only its test set): a patient with a named row
+    follows it, and the other patients are dealt over the splits the column never names, by their
+    fractions (over all three when it names every split)."""
+    if "split" not in table:
+        parts = deal_groups(table, fractions, seed)
+        return pd.Series(np.asarray(SPLITS, dtype=object)[parts], index=table.index, name="split")
+    split = table["split"].astype(object).rename("split")
+    groups = patient_groups(table)
+    named = split != ""
+    if named.all():
+        return split
+    follows = groups.map(split[named].groupby(groups[named]).first())
+    split = split.where(named, follows.fillna(""))
+    open_rows = split == ""
+    if open_rows.any():
+        free = [name for name in SPLITS if name not in set(split[~open_rows])] or list(SPLITS)
+        shares = tuple(fractions[SPLITS.index(name)] for name in free)
+        parts = deal_groups(table[open_rows], shares if sum(shares) > 0 else (1.0,) * len(free), seed)
+        split[open_rows] = np.asarray(free, dtype=object)[parts]
+    return split
 
 
 def assign_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.Series:
