@@ -18,9 +18,20 @@ SHOWN = ("f1_macro", "f1_weighted", "accuracy", "qwk", "precision_macro", "recal
 
 def run_eval(cfg: Config, options: dict[str, Any]) -> dict:
     """One checkpoint: metrics per split with their CIs, agreement and calibration. Several (--checkpoint
-    repeated, --run of a cross-validation): per split, each member's metrics beside the ensemble's."""
+    repeated, --run of a cross-validation): per split, each member's metrics beside the ensemble's.
+    --labels: the checkpoint (or ensemble) on an external set beside its internal test split."""
     runs = options.get("runs", ())
     members = ensemble_checkpoints(cfg, runs, options.get("checkpoints", ()))
+    if options.get("labels"):
+        from src.evaluation.external import evaluate_external  # the mode's other paths need none of it
+
+        out_root = members[0].parent / "evaluation" if len(members) == 1 else ensemble_dir(cfg, runs, members)
+        evaluation = evaluate_external(cfg, members, options["labels"], options.get("name"),
+                                       bool(options.get("allow_overlap")), out_root)
+        intervals = {split: a.intervals for split, a in evaluation.analyses.items()}
+        click.echo(metrics_table(evaluation.metrics, SHOWN, intervals).to_string())
+        click.echo(statistics_lines(evaluation))
+        return evaluation.metrics
     if len(members) == 1:
         evaluation = evaluate_run(cfg, checkpoint=str(members[0]))
         intervals = {split: a.intervals for split, a in evaluation.analyses.items()}
@@ -52,8 +63,31 @@ def statistics_lines(evaluation: EvaluationRun) -> str:
             lines.append(f"{split}: calibration ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}, Brier "
                          f"{cal['brier_before']:.3f} -> {cal['brier_after']:.3f} at T = {temperature:.3f} "
                          "(fitted on val)")
-    lines.append(f"figures and metrics.json: {evaluation.out_dir}")
+    lines += study_lines(evaluation)
+    lines.append(f"figures, metrics.json and report.html: {evaluation.out_dir}")
     return "\n".join(lines)
+
+
+def study_lines(evaluation: EvaluationRun) -> list[str]:
+    """The site comparison, reader study and outcome analysis, a few lines each, where eval made them."""
+    lines = []
+    site, readers, outcome = evaluation.site, evaluation.readers, evaluation.outcome
+    if site is not None and not site.differences.empty:
+        for row in site.differences[site.differences["metric"].isin(("f1_macro", "qwk", "csi_mae"))].itertuples():
+            lines.append(f"{site.external} - {site.internal}: {row.metric} {row.difference:+.3f} "
+                         f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}] (unpaired bootstrap, p {row.p_value:.3f})")
+    if site is not None:
+        lines += site.notes
+    if readers is not None:
+        for metric, row in readers.range.iterrows():
+            lines.append(f"{evaluation.studied} readers: {metric} {row.readers_min:.3f}..{row.readers_max:.3f}, model "
+                         f"{row.model_mean:.3f} ({row.position}; better than the reader left out on "
+                         f"{row.model_better_than_left_out} references)")
+    if outcome is not None:
+        for scorer, row in outcome.auroc.iterrows():
+            lines.append(f"{evaluation.studied} {outcome.column}: AUROC of {scorer}'s CSI {row.auroc:.3f} "
+                         f"[{row.ci_low:.3f}, {row.ci_high:.3f}] ({int(row.positives)} of {int(row.images)} positive)")
+    return lines
 
 
 def run_both(cfg: Config, options: dict[str, Any]) -> dict:

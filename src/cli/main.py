@@ -20,7 +20,7 @@ MODES: dict[str, tuple[str, str]] = {
     "train": ("src.cli.train:run_train", "train per the config; prints the run directory and best metrics"),
     "eval": ("src.cli.evaluate:run_eval",
              "evaluate a run's checkpoint on its val and test splits (--run DIR | --checkpoint FILE); "
-             "several, or --run models/cv/<name>: an ensemble beside each member"),
+             "several, or --run models/cv/<name>: an ensemble beside each member; --labels FILE: an external set"),
     "both": ("src.cli.evaluate:run_both", "train, then evaluate the new run"),
     "predict": ("src.cli.predict:run_predict",
                 "score new images: --input DIR|CSV --output FILE.csv [--checkpoint FILE | --run DIR]..."),
@@ -39,7 +39,8 @@ MODES: dict[str, tuple[str, str]] = {
                "list every backbone: parameters, sizes, weight sources and whether they are cached; --measure: "
                "training img/s here"),
     "check": ("src.cli.check:run_check",
-              "validate config, labels and every image (building the cache); print a summary"),
+              "validate config, labels and every image (building the cache); print a summary; --preview N: a "
+              "contact sheet of N images as the model receives them"),
     "sweep": ("src.cli.sweep:run_sweep",
               "create a W&B sweep from --sweep-config (default config/sweep.yaml); prints the agent command"),
     "sweep-agent": ("src.cli.sweep:run_sweep_agent",
@@ -83,6 +84,15 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
                    "its folds; repeatable (an ensemble). compare: given twice, A then B.")
 @click.option("--checkpoint", "checkpoints", type=click.Path(dir_okay=False), multiple=True,
               help="eval/predict: a checkpoint file; repeatable (an ensemble).")
+@click.option("--labels", "labels", type=click.Path(dir_okay=False), multiple=True,
+              help="eval: score an external labelled set (its images in --image-dir, masks in --masks) beside the "
+                   "internal test split; repeatable: one file per reader.")
+@click.option("--name", help="eval --labels: the external set's name, its folder under evaluation/ (default: the "
+                             "labels file's name).")
+@click.option("--allow-overlap", is_flag=True,
+              help="eval --labels: score images the model trained or was validated on instead of refusing them.")
+@click.option("--preview", type=click.IntRange(min=1), metavar="N",
+              help="check: write a contact sheet of N images as the model receives them (zones and labels shown).")
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(),
               help="predict: CSV to write (default predictions.csv); explain: folder to write; export: the model "

@@ -14,6 +14,7 @@ RUNTIME_KEYS = ("Training.device", "Training.precision", "Training.channels_last
                 "Training.compile", "Data.cache_dir", "Data.on_missing", "Evaluation.ahf_low_threshold",
                 "Evaluation.ahf_high_threshold", "Evaluation.batch_size", "Evaluation.bootstrap_samples",
                 "Evaluation.bootstrap_seed", "Evaluation.calibrate", "Evaluation.tta", "Evaluation.ensemble_average",
+                "Evaluation.outcome_column",
                 "Logging.log_dir")
 
 

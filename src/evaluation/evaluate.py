@@ -19,7 +19,8 @@ from src.engine.predict import Predictions, predict_batches
 from src.engine.probabilities import Probabilities, probabilities_for
 from src.engine.settings import LoopSettings, place_model
 from src.evaluation.analysis import analyse_split, analyses_json, fit_calibration
-from src.evaluation.bootstrap import BootstrapSettings
+from src.evaluation.bootstrap import BootstrapSettings, resampling_units
+from src.evaluation.clinical import study_split, units_of
 from src.evaluation.plots import plot_confusion_matrices, plot_training_curves
 from src.evaluation.predictions import predictions_table
 from src.evaluation.report import EvaluationRun, write_evaluation_report
@@ -54,7 +55,7 @@ def loop_settings(cfg: Config, model: torch.nn.Module) -> tuple[torch.device, Lo
     return device, settings, probabilities_for(cfg.loss.loss)
 
 
-def _store_calibration(path: Path, state: dict, calibration: dict[str, float | str] | None) -> None:
+def store_calibration(path: Path, state: dict, calibration: dict[str, float | str] | None) -> None:
     """Keep the temperature with the checkpoint it was fitted for (rewritten only when it changed)."""
     if calibration is not None and state.get("calibration") != calibration:
         save_checkpoint(path, {k: v for k, v in state.items() if k != "format"} | {"calibration": calibration})
@@ -135,7 +136,7 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
     evaluation_cfg = trained_cfg.evaluation
     calibration = ({**fit_calibration(predictions["val"]), "tta": evaluation_cfg.tta} if "val" in predictions
                    else None)
-    _store_calibration(checkpoint_path, state, calibration)
+    store_calibration(checkpoint_path, state, calibration)
     bootstrap = BootstrapSettings(evaluation_cfg.bootstrap_samples, evaluation_cfg.bootstrap_seed)
     patient_of = data.table.set_index("FileID")["PatientID"] if "PatientID" in data.table else None
     temperature = calibration["temperature"] if calibration else 1.0
@@ -144,22 +145,45 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
                                      bootstrap, (low, high), temperature, out, plot=split == shown)
                 for split, pred in predictions.items()}
     figures["statistics"] = [path for a in analyses.values() for path in a.figures]
+    readers, outcome = (None, None) if shown is None else study_split(
+        data.table.set_index("FileID"), predictions[shown], shown,
+        *bootstrap_units(data.table, predictions[shown].file_ids), trained_cfg.data.consensus,
+        evaluation_cfg.outcome_column, bootstrap, (low, high), out)
     report = {"checkpoint": str(checkpoint_path), "epoch": state.get("epoch"), "arch": state["arch"],
-              "tta": evaluation_cfg.tta, "metrics": results, **analyses_json(analyses, bootstrap, calibration)}
+              "tta": evaluation_cfg.tta, "metrics": results, **analyses_json(analyses, bootstrap, calibration),
+              **study_json(shown, readers, outcome)}
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=1))
-    history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
-    if all(p.is_file() for p in history):
-        train_h, val_h = (json.loads(p.read_text()) for p in history)
-        figures["training_curves"].append(out / "training_curves.png")
-        plot_training_curves(train_h, val_h, figures["training_curves"][-1], state.get("epoch"))
+    figures["training_curves"] = training_curves(run_dir, state, out)
     evaluation = EvaluationRun(trained_cfg, checkpoint_path, state, data, predictions, results, out, figures,
-                               analyses, calibration)
+                               analyses, calibration, shown or "", readers, outcome)
     if "test" in predictions:
         figures["saliency"] = explain_selected_images(
             model, data.dataset("test"), predictions["test"], cfg.evaluation.saliency_largest_error,
             cfg.evaluation.saliency_random, trained_cfg.training.seed, out / "saliency")
     write_evaluation_report(evaluation)
     return evaluation
+
+
+def bootstrap_units(table: pd.DataFrame, file_ids: list[str]) -> tuple[np.ndarray, str]:
+    """Each image's bootstrap unit and what the units are (patients or images)."""
+    patients, unit_name = units_of(table.set_index("FileID"), file_ids)
+    return resampling_units(file_ids, patients), unit_name
+
+
+def study_json(split: str | None, readers, outcome) -> dict:
+    """metrics.json's entries of the reader study and the outcome analysis (none when absent)."""
+    return {**({"readers": {"split": split, **readers.to_json()}} if readers is not None else {}),
+            **({"outcome": {"split": split, **outcome.to_json()}} if outcome is not None else {})}
+
+
+def training_curves(run_dir: Path, state: dict, out: Path) -> list[Path]:
+    """training_curves.png of a run's histories in `out` (the evaluated checkpoint's epoch marked), when it has them."""
+    history = run_dir / "logs" / "training_history.json", run_dir / "logs" / "validation_history.json"
+    if not all(p.is_file() for p in history):
+        return []
+    train_h, val_h = (json.loads(p.read_text()) for p in history)
+    plot_training_curves(train_h, val_h, out / "training_curves.png", state.get("epoch"))
+    return [out / "training_curves.png"]
 
 
 def evaluate_model(cfg: Config, run: str | None = None, checkpoint: str | None = None,

@@ -21,6 +21,9 @@ from src.data.zones import ZONES
 from src.engine.metrics import HEADLINE_METRICS
 from src.engine.predict import Predictions
 from src.evaluation.analysis import SplitAnalysis
+from src.evaluation.outcomes import OutcomeAnalysis
+from src.evaluation.reader_study import STUDY_METRICS, ReaderStudy
+from src.evaluation.sites import SiteComparison
 from src.reporting.html import Gallery, Heading, Image, KeyFigures, KeyValues, Report, Row, Table, Text
 
 
@@ -38,6 +41,11 @@ class EvaluationRun:
     figures: dict[str, list[Path]] = field(default_factory=dict)  # kind -> PNGs written (see evaluate.py)
     analyses: dict[str, SplitAnalysis] = field(default_factory=dict)  # per split: intervals, agreement, calibration
     calibration: dict[str, float | str] | None = None  # temperature fitted on val (and its tta), as stored
+    studied: str = ""  # the split the reader study and the outcome analysis are of
+    readers: ReaderStudy | None = None  # several readers' labels: each against the others, the model in their range
+    outcome: OutcomeAnalysis | None = None  # [Evaluation] outcome_column: AUROC and operating points of the CSI
+    site: SiteComparison | None = None  # eval --labels: the external set beside the internal test split
+    title: str = ""  # the report's title (default: the run's)
 
 
 # The figures a reader looks for first, shown as tiles: metric key -> label.
@@ -61,7 +69,7 @@ def summary_section(run: EvaluationRun, report: Report) -> None:
                        f"high: CSI > {cfg.evaluation.ahf_high_threshold}",
         "labels": f"{cfg.data.labels_csv}: {len(table)} usable images, {len(run.data.skipped)} skipped",
     }
-    split = "test" if "test" in run.metrics else next(iter(run.metrics))
+    split = run.site.external if run.site else "test" if "test" in run.metrics else next(iter(run.metrics))
     headline = {label: f"{run.metrics[split][key]:.3f}" for key, label in HEADLINE.items() if key in run.metrics[split]}
     note = f"{split} split, {len(run.predictions[split].file_ids)} images"
     report.add_section("Summary", KeyFigures(headline, {label: note for label in headline}), KeyValues(settings),
@@ -138,6 +146,97 @@ def calibration_section(run: EvaluationRun, report: Report) -> None:
     report.add_section("Calibration", intro, *frames, *images)
 
 
+def _ci(value: float, low: float, high: float, sign: str = "") -> str:
+    return f"{value:{sign}.3f} [{low:{sign}.3f}, {high:{sign}.3f}]"
+
+
+def _p(p: float) -> str:
+    return "—" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def site_section(run: EvaluationRun, report: Report) -> None:
+    """The external set beside the internal test split: differences with unpaired CIs, calibration at both."""
+    site = run.site
+    if site is None:
+        return
+    blocks: list = [Text(f"{site.external} is an external set: each headline metric beside the model's internal "
+                         f"{site.internal} split, and the difference (external − internal) with its 95% unpaired "
+                         "bootstrap interval (each site's own patients resampled) and p. Calibration: ECE and Brier "
+                         "over known zones, before and after the temperature stored with the checkpoint.", muted=True)]
+    if not site.differences.empty:
+        rows = site.differences.set_index("metric")
+        blocks.append(Table(pd.DataFrame({
+            f"internal {site.internal}": rows["internal"], site.external: rows["external"],
+            "difference [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+") for r in rows.itertuples()],
+            "p": [_p(p) for p in rows["p_value"]]}), "Headline metrics at both sites"))
+    if not site.calibration.empty:
+        caption = ("Calibration at both sites" + (f" (T = {site.temperature:.3f})" if site.temperature else ""))
+        blocks.append(Table(site.calibration.astype({"zones": int}), caption))
+    blocks += [Text(note, muted=True) for note in site.notes]
+    report.add_section("External validation", *blocks)
+
+
+def readers_section(run: EvaluationRun, report: Report) -> None:
+    """Each reader against the consensus of the others, the model against the same, and the range table."""
+    study = run.readers
+    if study is None:
+        return
+    intro = Text(f"{run.studied}: each reader is scored against the consensus ({study.rule}) of the other readers "
+                 "(leave-one-out), and the model against that same consensus on the same images. QWK and CSI MAE with "
+                 f"95% bootstrap intervals ({study.resampled} resampled), CSI ICC(2,1) with its F-based interval; "
+                 "model − reader is paired (the same resamples).", muted=True)
+    ranges = study.range.rename(columns={
+        "readers_min": "readers: lowest", "readers_max": "readers: highest", "model_mean": "model: mean",
+        "model_min": "model: lowest", "model_max": "model: highest",
+        "model_better_than_left_out": "model better than the reader left out"})
+    ranges = ranges.astype({c: float for c in ranges.columns if c.startswith(("readers:", "model:"))})
+    cells = {}
+    for row in study.scores.itertuples():
+        cells[(row.reference, row.who)] = {"images": row.images, **{
+            label: _ci(getattr(row, m), getattr(row, f"{m}_ci_low"), getattr(row, f"{m}_ci_high"))
+            for m, (label, _) in STUDY_METRICS.items()}}
+    scores = pd.DataFrame(cells).T.rename_axis(["reference", "scored"])
+    paired = study.differences
+    differences = pd.DataFrame({"reference": paired["reference"], "metric": paired["metric"],
+                                "model − reader [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+")
+                                                            for r in paired.itertuples()],
+                                "p": [_p(p) for p in paired["p_value"]]})
+    images = [Image.from_file(p) for p in study.figures]
+    report.add_section("Readers", intro, Table(ranges, "Where the model falls within the readers' range"),
+                       Table(scores.reset_index(), "Against the consensus of the other readers", index=False),
+                       Table(differences, "Model − reader, paired", index=False), *images)
+
+
+def outcome_section(run: EvaluationRun, report: Report) -> None:
+    """AUROC of the CSI for the outcome, model and readers, their operating points and ROC curves."""
+    outcome = run.outcome
+    if outcome is None:
+        return
+    intro = Text(f"{run.studied}: {outcome.column}, {outcome.positives} positive of {outcome.images} images with a "
+                 "known outcome and a predicted CSI. AUROC of each CSI with its 95% bootstrap interval "
+                 f"({outcome.resampled} resampled); an operating point calls CSI above its threshold positive (the "
+                 "AHF thresholds, and the model's Youden point chosen on these same images, optimistic).", muted=True)
+    auroc = pd.DataFrame({"images": outcome.auroc["images"].astype(int), "positives": outcome.auroc["positives"]
+                          .astype(int), "AUROC [95% CI]": [_ci(r.auroc, r.ci_low, r.ci_high)
+                                                           for r in outcome.auroc.itertuples()]})
+    blocks: list = [intro, Table(auroc, "AUROC of the CSI")]
+    if not outcome.comparisons.empty:
+        c = outcome.comparisons
+        blocks.append(Table(pd.DataFrame({
+            "images": c["images"].astype(int), "model": c["model_auroc"], "reader": c["reader_auroc"],
+            "model − reader [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+") for r in c.itertuples()],
+            "p": [_p(p) for p in c["p_value"]]}), "Model against each reader on the same patients (paired)"))
+    if not outcome.operating_points.empty:
+        points = outcome.operating_points
+        shown = pd.DataFrame({"scorer": points["scorer"], "rule": points["rule"], "threshold": points["threshold"],
+                              **{m: [_ci(getattr(r, m), getattr(r, f"{m}_ci_low"), getattr(r, f"{m}_ci_high"))
+                                     for r in points.itertuples()]
+                                 for m in ("sensitivity", "specificity", "ppv", "npv")}})
+        blocks.append(Table(shown, "Operating points [95% CI]", index=False, digits=2))
+    blocks += [Image.from_file(p) for p in outcome.figures]
+    report.add_section(f"Outcome: {outcome.column}", *blocks, anchor="outcome")
+
+
 def confusion_section(run: EvaluationRun, report: Report) -> None:
     """Per split: the six zones' matrices, then all zones and the AHF class side by side."""
     paths = run.figures.get("confusion", [])
@@ -171,10 +270,13 @@ def saliency_section(run: EvaluationRun, report: Report) -> None:
 
 EVAL_SECTIONS: tuple[Callable[[EvaluationRun, Report], None], ...] = (
     summary_section,
+    site_section,
     metrics_section,
     intervals_section,
     agreement_section,
     calibration_section,
+    readers_section,
+    outcome_section,
     confusion_section,
     training_curves_section,
     saliency_section,
@@ -183,7 +285,7 @@ EVAL_SECTIONS: tuple[Callable[[EvaluationRun, Report], None], ...] = (
 
 def write_evaluation_report(run: EvaluationRun) -> Path:
     """<out_dir>/report.html with every section of EVAL_SECTIONS."""
-    report = Report(f"Evaluation: {run.checkpoint.parent.name}",
+    report = Report(run.title or f"Evaluation: {run.checkpoint.parent.name}",
                     subtitle=f"{run.cfg.model.model_arch} · checkpoint {run.checkpoint.name} · "
                              f"splits {', '.join(run.metrics)}")
     for build in EVAL_SECTIONS:

@@ -97,3 +97,53 @@ def plot_differences(differences: pd.DataFrame, title: str, path: Path) -> None:
     ax.grid(alpha=0.3, axis="x")
     ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def plot_roc(roc: dict[str, tuple[np.ndarray, np.ndarray]], auroc: pd.DataFrame, title: str, path: Path) -> None:
+    """ROC curves of the CSI of each scorer (the model bold, readers thin), AUROC and its CI in the legend."""
+    fig = Figure(figsize=(5.6, 5.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    for i, (name, (fpr, tpr)) in enumerate(roc.items()):
+        row = auroc.loc[name]
+        model = i == 0
+        label = f"{name}: {row['auroc']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        ax.plot(fpr, tpr, lw=2.2 if model else 1.2, color="tab:blue" if model else None, ls="-" if model else "--",
+                label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(fontsize=8, loc="lower right", title="AUROC [95% CI]", title_fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_reader_range(scores: pd.DataFrame, metrics: dict[str, tuple[str, bool]], title: str, path: Path) -> None:
+    """Per metric, each reader against the consensus of the others and the model against the same
+    consensus, with 95% CIs; the readers' range shaded. `scores` rows: who (a reader or 'model'),
+    left_out, and per metric its value and _ci_low/_ci_high."""
+    references = list(dict.fromkeys(scores["left_out"]))
+    fig = Figure(figsize=(4.2 * len(metrics), 0.55 * len(references) + 1.9), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, (metric, (label, higher_better)) in zip(axes, metrics.items()):
+        readers = scores[scores["who"] != "model"]
+        ax.axvspan(readers[metric].min(), readers[metric].max(), color="tab:orange", alpha=0.15, lw=0,
+                   label="readers' range")
+        for offset, who, colour, marker in ((0.15, "reader", "tab:orange", "o"), (-0.15, "model", "tab:blue", "D")):
+            rows = readers if who == "reader" else scores[scores["who"] == "model"]
+            y = np.array([references.index(r) for r in rows["left_out"]]) + offset
+            values = rows[metric].to_numpy(dtype=float)
+            errors = np.abs(np.vstack([values - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - values]))
+            ax.errorbar(values, y, xerr=errors, fmt=marker, color=colour, ms=5, capsize=2, lw=1,
+                        label="reader left out" if who == "reader" else "model")
+        ax.set_yticks(range(len(references)), [f"without {r}" for r in references], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{label} ({'higher' if higher_better else 'lower'} is better)")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_ylabel("reference: consensus of the other readers")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    save_figure(fig, path)
