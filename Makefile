@@ -4,6 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO := data/demo/labels.csv
+DEMO_BRIXIA := data/demo-brixia/metadata_global_v2.csv
+# make demo LAYOUT=brixia writes the demo data in the BrixIA COVID-19 data set's layout instead.
+LAYOUT ?= csi
 
 .PHONY: install demo train test bench lint clean
 
@@ -21,7 +24,10 @@ install: $(STAMP)
 $(DEMO): | $(STAMP)
 	$(PY) scripts/make_demo_data.py --out data/demo
 
-demo: $(DEMO)
+$(DEMO_BRIXIA): | $(STAMP)
+	$(PY) scripts/make_demo_data.py --out data/demo-brixia --layout brixia
+
+demo: $(if $(filter brixia,$(LAYOUT)),$(DEMO_BRIXIA),$(DEMO))
 
 train: demo
 	$(PY) main.py --mode train

@@ -19,7 +19,19 @@ Output (same --seed, same bytes):
     <out>/labels.csv            FileID;right_sup;left_sup;right_mid;left_mid;right_inf;left_inf;csi;PatientID
                                 ';'-separated, Unknown zones are empty cells, csi = mean of known zones
 
-Images are written first and labels.csv last, so an interrupted run never leaves labels naming
+Simulated readers and outcome (stated as simulated wherever they are used):
+    --readers N     the zone columns become N readers' <zone>@r<k> columns: reader k gives the true score,
+                    or with probability READER_ERROR[k] one grade off (up or down at random, inwards at 0
+                    and 3); Unknown zones stay Unknown. truth.csv keeps the true scores.
+    --outcome       an AHF column: 1 with probability 1 / (1 + exp(-OUTCOME_SLOPE (CSI - OUTCOME_CENTRE)))
+                    of the true CSI, else 0.
+    --layout brixia the BrixIA COVID-19 data set's layout instead (src/data/brixia.py): images/<FileID>.dcm
+                    (DICOM, 16-bit MONOCHROME2) and metadata_global_v2.csv, ';'-separated, with Filename,
+                    StudyDate, Modality (DX), StudyId, BrixiaScore (six digits A-F, text with its leading zeros),
+                    BrixiaScoreGlobal, ConsensusTestset (1 for about 15% of the patients), Subject, Sex and
+                    AgeAtStudyDateFiveYear; no zone is Unknown (the Brixia score has none).
+
+Images are written first and the labels file last, so an interrupted run never leaves labels naming
 missing images.
 
     python scripts/make_demo_data.py --out data/demo --n-images 600 --size 256 --seed 0
@@ -42,6 +54,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import norm
 
+from src.data.brixia import BRIXIA_ZONES, LETTERS
+from src.data.consensus import reader_column
 from src.data.zones import UNKNOWN, ZONES, csi_from_scores
 from src.utils.io import atomic_open
 
@@ -63,6 +77,12 @@ PATIENT_SHARE = 0.6
 SYSTEMIC_SHARE = 0.7
 ROW_SHIFT = (-0.2, 0.0, 0.2)  # sup, mid, inf
 UNKNOWN_RATE = (0.08, 0.06, 0.16)  # sup, mid, inf: costophrenic angles are the ones cut off most
+
+# Simulated readers and outcome (--readers, --outcome).
+READER_ERROR = (0.1, 0.2, 0.3, 0.4, 0.5)  # reader k moves a known score one grade with this probability
+OUTCOME_SLOPE, OUTCOME_CENTRE = 3.0, 1.3  # P(AHF) = logistic(slope (true CSI - centre))
+CONSENSUS_TEST_SHARE = 0.15  # --layout brixia: share of patients in the consensus test set
+LAYOUTS = ("csi", "brixia")
 
 # Rendering, in units of the projection (mu * length); the lung fields sit near 3.5, bone near 7.
 HAZE_BY_SCORE = (0.0, 0.45, 1.0, 1.8)
@@ -174,8 +194,9 @@ def fit_anatomy(phantom: Phantom, size: int) -> Anatomy:
     )
 
 
-def draw_labels(n_images: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Zone scores [n, 6] (0-3, UNKNOWN) in ZONES order and the PatientID of each image."""
+def draw_labels(n_images: int, rng: np.random.Generator, unknown: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Zone scores [n, 6] (0-3, and UNKNOWN unless `unknown` is false) in ZONES order and the PatientID of
+    each image."""
     per_patient = rng.choice(IMAGES_PER_PATIENT, size=n_images, p=IMAGES_PER_PATIENT_P)
     patient = np.repeat(np.arange(n_images), per_patient)[:n_images]
     patient_severity = rng.standard_normal(n_images)[patient]
@@ -188,8 +209,28 @@ def draw_labels(n_images: int, rng: np.random.Generator) -> tuple[np.ndarray, np
         + np.asarray(ROW_SHIFT)[zone_row]
     )
     scores = np.digitize(latent, norm.ppf(np.cumsum(CLASS_MIX)[:-1]))
-    scores[rng.random((n_images, 6)) < np.asarray(UNKNOWN_RATE)[zone_row]] = UNKNOWN
+    ungradable = rng.random((n_images, 6)) < np.asarray(UNKNOWN_RATE)[zone_row]
+    if unknown:
+        scores[ungradable] = UNKNOWN
     return scores, np.array([f"P{p + 1:05d}" for p in patient])
+
+
+def simulate_readers(scores: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """[count, n, 6] readers' scores: the true score, or with probability READER_ERROR[k] one grade off
+    (up or down at random; from 0 up and from 3 down), Unknown kept."""
+    readers = []
+    for k in range(count):
+        moved = rng.random(scores.shape) < READER_ERROR[k]
+        step = np.where(rng.random(scores.shape) < 0.5, -1, 1)
+        step = np.where(scores == 0, 1, np.where(scores == 3, -1, step))
+        readers.append(np.where(moved & (scores != UNKNOWN), scores + step, scores))
+    return np.stack(readers)
+
+
+def simulate_outcome(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A binary outcome per image, 1 with probability logistic(OUTCOME_SLOPE (true CSI - OUTCOME_CENTRE))."""
+    csi = np.nan_to_num(csi_from_scores(scores), nan=0.0)
+    return (rng.random(len(scores)) < 1 / (1 + np.exp(-OUTCOME_SLOPE * (csi - OUTCOME_CENTRE)))).astype(int)
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -269,44 +310,111 @@ def render_case(anatomy: Anatomy, scores: np.ndarray, seed: int | np.random.Seed
     return np.round(np.clip(image, 0, 1) * peak).astype(np.uint16), lungs
 
 
-def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray) -> pd.DataFrame:
-    """The labels CSV as real exports have it: Unknown zones empty, csi to 3 decimals."""
+def _score_cells(scores: np.ndarray) -> pd.arrays.IntegerArray:
+    return pd.array(np.where(scores == UNKNOWN, None, scores), dtype="Int64")
+
+
+def labels_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray,
+                 readers: np.ndarray | None = None, outcome: np.ndarray | None = None) -> pd.DataFrame:
+    """The labels CSV as real exports have it: Unknown zones empty, csi to 3 decimals; with `readers`
+    [R, n, 6] their <zone>@r<k> columns instead of the zones (and no csi: the consensus makes it)."""
     table = pd.DataFrame({"FileID": file_ids})
-    for zone, name in enumerate(ZONES):
-        table[name] = pd.array(np.where(scores[:, zone] == UNKNOWN, None, scores[:, zone]), dtype="Int64")
-    table["csi"] = np.round(csi_from_scores(scores), 3)
+    if readers is None:
+        for zone, name in enumerate(ZONES):
+            table[name] = _score_cells(scores[:, zone])
+        table["csi"] = np.round(csi_from_scores(scores), 3)
+    else:
+        for k, reader in enumerate(readers, 1):
+            for zone, name in enumerate(ZONES):
+                table[reader_column(name, f"r{k}")] = _score_cells(reader[:, zone])
     table["PatientID"] = patients
+    if outcome is not None:
+        table["AHF"] = outcome
     return table
 
 
-def _save_case(anatomy: Anatomy, out: Path, pose: float,
+def brixia_table(file_ids: np.ndarray, scores: np.ndarray, patients: np.ndarray, rng: np.random.Generator
+                 ) -> pd.DataFrame:
+    """metadata_global_v2.csv of BrixIA's layout (see the module docstring) for known scores [n, 6]."""
+    letters = [ZONES.index(BRIXIA_ZONES[letter]) for letter in LETTERS]
+    subjects, subject_of = np.unique(patients, return_inverse=True)
+    in_test = rng.random(len(subjects)) < CONSENSUS_TEST_SHARE
+    sex, age = rng.choice(["M", "F"], len(subjects)), rng.integers(8, 19, len(subjects))
+    return pd.DataFrame({
+        "Filename": [f"{f}.dcm" for f in file_ids],
+        "StudyDate": [f"202003{d:02d}" for d in rng.integers(4, 32, len(file_ids))],
+        "Modality": "DX",  # as the DICOM files say
+        "StudyId": np.arange(1, len(file_ids) + 1),
+        "BrixiaScore": ["".join(str(s) for s in row[letters]) for row in scores],
+        "BrixiaScoreGlobal": scores.sum(axis=1),
+        "ConsensusTestset": in_test[subject_of].astype(int),
+        "Subject": subjects[subject_of],
+        "Sex": sex[subject_of],
+        "AgeAtStudyDateFiveYear": age[subject_of],
+    })
+
+
+def write_dicom(path: Path, pixels: np.ndarray, file_id: int) -> None:
+    """A 16-bit MONOCHROME2 digital X-ray DICOM file (explicit VR little endian), same bytes for the same input."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID = sop_class, ExplicitVRLittleEndian
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["csi-predictor demo", str(file_id)])
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientOrientation = "DX", ["L", "F"]  # columns towards the patient's left, rows to the feet
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _save_case(anatomy: Anatomy, out: Path, pose: float, layout: str,
                task: tuple[int, np.ndarray, np.random.SeedSequence]) -> None:
     file_id, scores, seed = task
     image, lungs = render_case(anatomy, scores, seed, pose)
     for lung, side in zip(lungs, ("right", "left")):
         Image.fromarray(lung.astype(np.uint8) * 255).save(out / "masks" / f"{file_id}_{side}_lung_mask.png")
-    Image.fromarray(image).save(out / "images" / f"{file_id}.png")
+    if layout == "brixia":
+        write_dicom(out / "images" / f"{file_id}.dcm", image, file_id)
+    else:
+        Image.fromarray(image).save(out / "images" / f"{file_id}.png")
+
+
+def labels_name(layout: str) -> str:
+    return "metadata_global_v2.csv" if layout == "brixia" else "labels.csv"
 
 
 def write_demo_data(
-    out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1, pose: float = 1.0
+    out: str | Path, n_images: int = 600, size: int = 256, seed: int = 0, workers: int = 1, pose: float = 1.0,
+    readers: int = 0, outcome: bool = False, layout: str = "csi",
 ) -> Path:
-    """Write <out>/images/<FileID>.png, <out>/masks/ and then <out>/labels.csv; return the labels path.
+    """Write <out>/images/, <out>/masks/ and then the labels file (labels.csv, or BrixIA's
+    metadata_global_v2.csv); return the labels path. `readers` and `outcome` add simulated readers and
+    an outcome (csi layout, see the module docstring).
 
     Each image has its own seed, so the bytes do not depend on `workers` (processes).
     """
+    if layout not in LAYOUTS or not 0 <= readers <= len(READER_ERROR) or (layout == "brixia" and (readers or outcome)):
+        raise ValueError(f"layout must be one of {LAYOUTS}, readers 0-{len(READER_ERROR)}, and readers and outcome "
+                         "only with the csi layout")
     out = Path(out)
     for folder in ("images", "masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
-    labels_path = out / "labels.csv"
-    # A labels.csv from an earlier run must not survive an interrupted rewrite of its images.
+    labels_path = out / labels_name(layout)
+    # A labels file from an earlier run must not survive an interrupted rewrite of its images.
     labels_path.unlink(missing_ok=True)
 
-    label_seed, *image_seeds = np.random.SeedSequence(seed).spawn(n_images + 1)
-    scores, patients = draw_labels(n_images, np.random.default_rng(label_seed))
+    # One more stream than images for what the simulations draw, so that they leave the rest unchanged.
+    label_seed, *image_seeds, simulation_seed = np.random.SeedSequence(seed).spawn(n_images + 2)
+    scores, patients = draw_labels(n_images, np.random.default_rng(label_seed), unknown=layout != "brixia")
     anatomy = fit_anatomy(load_phantom(), size)
     file_ids = np.arange(FIRST_FILE_ID, FIRST_FILE_ID + n_images)
-    save = functools.partial(_save_case, anatomy, out, pose)
+    save = functools.partial(_save_case, anatomy, out, pose, layout)
     tasks = zip(file_ids.tolist(), scores, image_seeds)
     if workers > 1:
         with multiprocessing.Pool(workers) as pool:
@@ -316,8 +424,18 @@ def write_demo_data(
         for task in tasks:
             save(task)
 
+    simulation = np.random.default_rng(simulation_seed)
+    if layout == "brixia":
+        table = brixia_table(file_ids, scores, patients, simulation)
+    else:
+        simulated = simulate_readers(scores, readers, simulation) if readers else None
+        table = labels_table(file_ids, scores, patients, simulated, simulate_outcome(scores, simulation) if outcome
+                             else None)
+        if readers:
+            with atomic_open(out / "truth.csv") as handle:
+                labels_table(file_ids, scores, patients).to_csv(handle, sep=";", index=False)
     with atomic_open(labels_path) as handle:
-        labels_table(file_ids, scores, patients).to_csv(handle, sep=";", index=False)
+        table.to_csv(handle, sep=";", index=False)
     return labels_path
 
 
@@ -333,13 +451,21 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=os.cpu_count() or 1,
         help="processes rendering images; the output does not depend on it (default: all CPUs)",
     )
+    parser.add_argument("--readers", type=int, default=0,
+                        help=f"simulated readers instead of one score per zone (0-{len(READER_ERROR)}; see above)")
+    parser.add_argument("--outcome", action="store_true", help="add a simulated binary AHF column (see above)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="csi",
+                        help="csi (this tool's labels.csv) or brixia (BrixIA's DICOM files and metadata_global_v2.csv)")
     parser.add_argument("--pose", type=float, default=1.0,
                         help="scale of the random positioning (rotation up to 4 degrees, zoom 7%%, shift 4%% of the "
                              "side, each times this; default %(default)s)")
     args = parser.parse_args(argv)
     if args.n_images < 1 or args.size < 32 or args.workers < 1 or not 0 <= args.pose <= 5:
         parser.error("--n-images and --workers must be >= 1, --size >= 32, --pose within 0-5")
-    labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers, args.pose)
+    if not 0 <= args.readers <= len(READER_ERROR) or (args.layout == "brixia" and (args.readers or args.outcome)):
+        parser.error(f"--readers takes 0-{len(READER_ERROR)}; --readers and --outcome go with --layout csi")
+    labels_path = write_demo_data(args.out, args.n_images, args.size, args.seed, args.workers, args.pose,
+                                  args.readers, args.outcome, args.layout)
     print(f"wrote {args.n_images} images, their lung masks and {labels_path}")
 
 

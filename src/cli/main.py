@@ -96,7 +96,7 @@ _MODE_HELP = "\b\nModes:\n" + "\n".join(f"  {m:<16} {h}" for m, (_, h) in MODES.
 @click.option("--input", "input", type=click.Path(), help="predict: a folder of images or a CSV of FileIDs.")
 @click.option("--output", type=click.Path(),
               help="predict: CSV to write (default predictions.csv); explain: folder to write; export: the model "
-                   "file (default: beside the checkpoint).")
+                   "file (default: beside the checkpoint); check --preview: the PNG (default preview.png).")
 @click.option("--format", "format", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
               help="export: the file format.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,

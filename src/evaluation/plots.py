@@ -5,6 +5,7 @@ nothing for pyplot to keep alive, so importing this module changes no global mat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -154,4 +155,37 @@ def plot_zone_saliency(image: np.ndarray, maps: np.ndarray, predicted: np.ndarra
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout(pad=0.4)
+    save_figure(fig, path)
+
+
+SCORE_COLOURS = ("#2e7d32", "#b8860b", "#d35400", "#c0392b", "#5f6b7a")  # 0-3, then Unknown
+
+
+def plot_contact_sheet(images: np.ndarray, labels: np.ndarray, captions: Sequence[str], zones: np.ndarray | None,
+                       value_range: tuple[float, float], title: str, path: Path) -> None:
+    """A grid of model inputs (`images` [N, H, W] as normalised, shown over `value_range`), each with
+    the six zones outlined (the 3x2 grid, or `zones` [N, 6, H, W] lung-mask zones) and each zone's
+    label (0-3, U) in a box coloured by score."""
+    n = len(images)
+    columns = min(6, math.ceil(math.sqrt(n)))
+    rows = -(-n // columns)
+    fig = Figure(figsize=(3.1 * columns, 3.35 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[k], cmap="gray", vmin=value_range[0], vmax=value_range[1], interpolation="nearest")
+        if zones is None:
+            _draw_zone_grid(ax, images[k].shape)
+        else:
+            _draw_zone_masks(ax, zones[k])
+        for z, (x, y) in enumerate(_zone_centres(None if zones is None else zones[k], images[k].shape)):
+            score = int(labels[k, z])
+            ax.text(x, y, _score(score), ha="center", va="center", fontsize=11, fontweight="bold", color="white",
+                    bbox=dict(boxstyle="round,pad=0.3", lw=0, alpha=0.85, facecolor=SCORE_COLOURS[score]))
+        ax.set_title(captions[k], fontsize=8.5)
+    fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
