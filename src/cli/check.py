@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from src.config.schema import Config
+from src.data.consensus import reader_names
 from src.data.load import load_data, prebuild_cache_part
 from src.data.masks import ZoneMaps, lung_summary
 from src.data.readers import file_extension
@@ -46,7 +47,7 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
         from src.models.zoo import check_weights  # imports torch (a second): only when weights are asked for
 
         check_weights(m)  # the pretrained weights asked for are at hand (or may be downloaded)
-    bundle = load_data(cfg)
+    bundle = load_data(cfg, with_outcome=True)
     table, cache = bundle.table, bundle.cache
     formats = Counter(file_extension(p) for p in table["path"])
     echo = click.echo
@@ -60,6 +61,14 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
          f"{images.shape[0]} x {images.shape[1]}x{images.shape[2]} {images.dtype}, {images.nbytes / 2**20:.1f} MiB)")
     if bundle.zones is not None:
         echo(f"Lung masks    {_masks_line(bundle.zones, table['cache_index'].to_numpy(), cfg.data.mask_dir)}")
+    readers = reader_names(table)
+    if readers:
+        echo(f"Readers       {len(readers)} ({', '.join(readers)}); the zones are their consensus "
+             f"([Data] consensus = {cfg.data.consensus})")
+    if "outcome" in table:
+        outcome = table["outcome"]
+        echo(f"Outcome       {cfg.evaluation.outcome_column}: {int((outcome == 1).sum())} positive, "
+             f"{int((outcome == 0).sum())} negative, {int(outcome.isna().sum())} not known")
     echo("\nZone scores (images per class)")
     echo(label_counts(table).to_string())
     echo("\nSplit")

@@ -156,10 +156,11 @@ def prebuild_cache_part(data: DataConfig, part: int, parts: int) -> tuple[int, i
                          part - 1, parts)
 
 
-def load_data(cfg: Config, split_csv: str | Path | None = None) -> DataBundle:
-    """Read labels, find and cache every image, and assign splits (or take them from `split_csv`)."""
+def load_data(cfg: Config, split_csv: str | Path | None = None, with_outcome: bool = False) -> DataBundle:
+    """Read labels, find and cache every image, and assign splits (or take them from `split_csv`);
+    `with_outcome` (evaluation) also reads [Evaluation] outcome_column."""
     data = cfg.data
-    table, paths = labelled_images(data, outcome_column=cfg.evaluation.outcome_column)
+    table, paths = labelled_images(data, outcome_column=cfg.evaluation.outcome_column if with_outcome else "")
     cache, cache_index, skipped = cache_images(table["FileID"].tolist(), paths, data, data.labels_csv)
     table = table.assign(path=[str(p) if p else "" for p in paths], cache_index=cache_index)
     table = table[cache_index >= 0].reset_index(drop=True)

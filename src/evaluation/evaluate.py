@@ -81,7 +81,7 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
     split_csv = run_dir / "split.csv"
     if not split_csv.is_file():
         raise CheckpointError(f"{run_dir}: no split.csv beside {checkpoint_path.name}; eval needs the run's split")
-    data = load_data(trained_cfg, split_csv=split_csv)
+    data = load_data(trained_cfg, split_csv=split_csv, with_outcome=True)
     device, settings, probabilities = loop_settings(trained_cfg, model)
     predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, data.mean, data.std)
     predictions = {}
@@ -95,10 +95,10 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
     return CheckpointPredictions(checkpoint_path, state, trained_cfg, model, data, predictions)
 
 
-def write_split_outputs(out: Path, split: str, pred: Predictions, low: float,
-                        high: float) -> tuple[dict[str, float], list[Path]]:
-    """Metrics of one split's predictions; writes predictions_<split>.csv and its confusion matrices
-    (whose paths are returned) to `out`."""
+def write_split_outputs(out: Path, split: str, pred: Predictions, low: float, high: float,
+                        plot: bool = True) -> tuple[dict[str, float], list[Path]]:
+    """Metrics of one split's predictions; writes predictions_<split>.csv and, with `plot`, its
+    confusion matrices (whose paths are returned) to `out`."""
     y_pred = pred.probs.argmax(-1)
     metrics = compute_all_metrics(pred.targets, y_pred, pred.probs, ahf_low=low, ahf_high=high)
     table = predictions_table(pred.file_ids, pred.probs, pred.targets, low, high)
@@ -109,7 +109,7 @@ def write_split_outputs(out: Path, split: str, pred: Predictions, low: float,
               "ahf": ({"AHF": ahf_confusion_matrix(pred.targets, y_pred, low, high, pred.probs)}, AHF_CLASSES,
                       "AHF class")}
     figures = []
-    for kind, (panel, labels, title) in panels.items():
+    for kind, (panel, labels, title) in panels.items() if plot else ():
         figures.append(out / f"confusion_{kind}_{split}.png")
         plot_confusion_matrices(panel, labels, f"{split}: {title}", figures[-1])
     return metrics, figures

@@ -244,14 +244,15 @@ def evaluate_external(cfg: Config, checkpoints: Sequence[Path], labels: Sequence
     temperature = calibration["temperature"] if calibration else 1.0
 
     results, figures = {}, {"confusion": [], "saliency": []}
-    for split, pred in predictions.items():
-        results[split], confusion = write_split_outputs(out, split, pred, low, high)
+    for split, pred in predictions.items():  # the internal split's figures are in the run's own evaluation
+        results[split], confusion = write_split_outputs(out, split, pred, low, high, plot=split == name)
         figures["confusion"] += confusion
     tables = {INTERNAL: internal[0].data.table if internal else None, name: bundle.table}
     units = {split: bootstrap_units(tables[split], pred.file_ids) for split, pred in predictions.items()}
     analyses = {split: analyse_split(pred, split, None if "PatientID" not in tables[split] else
                                      tables[split].set_index("FileID").loc[pred.file_ids, "PatientID"].tolist(),
-                                     bootstrap, (low, high), temperature, out) for split, pred in predictions.items()}
+                                     bootstrap, (low, high), temperature, out, plot=split == name)
+                for split, pred in predictions.items()}
     figures["statistics"] = [path for a in analyses.values() for path in a.figures]
     differences = (site_differences(predictions[INTERNAL], units[INTERNAL][0], external, units[name][0], bootstrap,
                                     (low, high)) if INTERNAL in predictions else pd.DataFrame())

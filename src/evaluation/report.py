@@ -244,8 +244,10 @@ def confusion_section(run: EvaluationRun, report: Report) -> None:
         return
     blocks: list = [Text("Counts; colour is the share of the true class's row (its recall).", muted=True)]
     for split in run.metrics:
-        zones, *others = [p for p in paths if p.stem.endswith(f"_{split}")]
-        blocks += [Heading(split), Image.from_file(zones), Row([Image.from_file(p) for p in others])]
+        drawn = [p for p in paths if p.stem.endswith(f"_{split}")]
+        if drawn:
+            zones, *others = drawn
+            blocks += [Heading(split), Image.from_file(zones), Row([Image.from_file(p) for p in others])]
     report.add_section("Confusion matrices", *blocks)
 
 

@@ -367,3 +367,41 @@ def test_end_to_end_bad_inputs_exit_2_with_one_line(project):
     (project / "data" / "images" / "1003.png").write_bytes(b"")
     _fails_cleanly(project, "--mode", "train", fragment="1 image(s) missing or unreadable: 1003 (",
                    may_write="data/cache/")
+
+
+def test_labels_readers_outcome_and_brixia_bad_input_exit_2_with_one_line(project):
+    """A reader column of a zone that does not exist, an outcome that is not binary, a BrixiaScore digit
+    above 3: one line naming the file, the line or column, and what is allowed."""
+    labels = project / "data" / "labels.csv"
+    rows = labels.read_text().splitlines()
+    header, cells = rows[0].split(";"), [row.split(";") for row in rows[1:]]
+    readers = ";".join(["FileID", *(f"{z}@r1" for z in header[1:7]), "right_upper@r2",
+                        *(f"{z}@r2" for z in header[2:7])])
+    labels.write_text("\n".join([readers, *(";".join(c[:7] + c[1:7]) for c in cells)]) + "\n")
+    _fails_cleanly(project, "--mode", "check", fragment="column right_upper@r2 is not <zone>@<reader>: zone "
+                   "'right_upper' is not one of right_sup, left_sup")
+    outcome = [rows[0] + ";AHF", *(f"{row};{v}" for row, v in zip(rows[1:], ["1", "0", "2", "1", "0", "0", "1", "1"]))]
+    labels.write_text("\n".join(outcome) + "\n")
+    _fails_cleanly(project, "--mode", "check", "--set", "Evaluation.outcome_column=AHF",
+                   fragment="line 4 (FileID 1002), column AHF: '2' is not a binary outcome; allowed 0 or 1")
+    brixia = project / "data" / "metadata_global_v2.csv"
+    brixia.write_text("Filename;BrixiaScore;ConsensusTestset;Subject\n1000.png;012300;0;S1\n1001.png;000400;0;S2\n")
+    _fails_cleanly(project, "--mode", "check", "--set", "Data.label_format=brixia", "--set",
+                   f"Data.labels_csv={brixia}", fragment="line 3 (Filename 1001.png): BrixiaScore '000400' gives zone "
+                   "D (left_sup) the score 4; each of the six digits must be 0-3")
+
+
+def test_degenerate_inputs_are_refused_before_training(project):
+    """Labels whose every zone is Unknown (train), and an image of 1x1 pixels (check, the same load_data):
+    refused before any epoch, one line naming the file (and the FileID, its size and the smallest size
+    that holds six zones)."""
+    labels = project / "data" / "labels.csv"
+    good = labels.read_text()
+    rows = good.splitlines()
+    labels.write_text("\n".join([rows[0], *(row.split(";")[0] + ";" * 7 for row in rows[1:])]) + "\n")
+    _fails_cleanly(project, "--mode", "train", fragment=f"{labels}: every zone score of its 8 row(s) is Unknown")
+    labels.write_text(good)
+    Image.fromarray(np.full((1, 1), 9000, np.uint16)).save(project / "data" / "images" / "1003.png")
+    _fails_cleanly(project, "--mode", "check", may_write="data/cache/",
+                   fragment=f"{labels}: 1 image(s) far smaller than [Data] image_size 32: 1003 (1x1); the smallest "
+                            "that holds six zones at this size is 4x4 px (HxW)")
