@@ -133,6 +133,7 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
     flags = {k.replace("__", ".", 1): v for k, v in options.items() if "__" in k and v is not None}
     module_name, function_name = MODES[mode][0].split(":")
     try:
+        _check_mode_flags(mode, options)
         options = _member_options(mode, options)
         cfg = load_config(config_path, overrides, cli=flags)
         add_file_log(cfg.logging.log_dir)
@@ -167,6 +168,19 @@ def _parse_shard(value: str | None) -> tuple[int, int] | None:
     if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
         raise click.BadParameter(f"{value!r} is not K/N with 1 <= K <= N (e.g. 2/8)", param_hint="--shard")
     return int(part), int(parts)
+
+
+# Flags that only one mode reads: given to another, they would be silently ignored.
+_MODE_FLAGS = {"labels": ("--labels", "eval"), "name": ("--name", "eval"), "allow_overlap": ("--allow-overlap", "eval"),
+               "preview": ("--preview", "check")}
+
+
+def _check_mode_flags(mode: str, options: dict[str, Any]) -> None:
+    for option, (flag, owner) in _MODE_FLAGS.items():
+        if options.get(option) and mode != owner:
+            raise CSIError(f"{flag} is an option of --mode {owner}, not of --mode {mode}")
+    if (options.get("name") or options.get("allow_overlap")) and not options.get("labels"):
+        raise CSIError("--name and --allow-overlap go with --labels FILE (eval of an external set)")
 
 
 def _member_options(mode: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -28,8 +28,8 @@ def write_preview(bundle: DataBundle, count: int, seed: int, path: str | Path, s
     zones = inputs[:, 1:] if inputs.shape[1] > 1 else None
     low, high = (0 - bundle.mean) / bundle.std, (1 - bundle.mean) / bundle.std  # the cache's 0..1, normalised
     size = inputs.shape[-1]
-    title = (f"{source + ': ' if source else ''}{len(rows)} of {len(table)} images as the model receives them: "
+    title = (f"{source + ': ' if source else ''}{len(rows)} of {len(table)} images as the model receives them\n"
              f"{size}x{size} px, normalised (x - {bundle.mean:.3g}) / {bundle.std:.3g}, no augmentation; "
-             f"{'lung-mask zones' if zones is not None else 'the 3x2 zone grid'}, labels 0-3 (U: Unknown)")
+             f"{'lung-mask zones' if zones is not None else 'the 3x2 zone grid'}; labels 0-3, U: Unknown")
     plot_contact_sheet(inputs[:, 0], labels.numpy(), captions, zones, (low, high), title, Path(path))
     return Path(path)
