@@ -174,15 +174,15 @@ def _combined(members: Sequence[Predictions], method: str, what: str) -> Predict
                        float("nan"))
 
 
-def _temperature(scored: CheckpointPredictions) -> dict | None:
-    """The checkpoint's stored temperature for its tta, else one fitted on its validation split and
-    stored (as eval does)."""
-    stored = scored.state.get("calibration")
-    if stored is not None and fitted_tta(stored) == scored.trained_cfg.evaluation.tta:
+def _temperature(state: dict, trained_cfg: Config, scored: CheckpointPredictions | None) -> dict | None:
+    """The checkpoint's stored temperature for its tta, else one fitted on its validation split (`scored`,
+    when the run's data is at hand) and stored, as eval does."""
+    stored = state.get("calibration")
+    if stored is not None and fitted_tta(stored) == trained_cfg.evaluation.tta:
         return stored
-    if "val" not in scored.splits:
+    if scored is None or "val" not in scored.splits:
         return None
-    calibration = {**fit_calibration(scored.splits["val"]), "tta": scored.trained_cfg.evaluation.tta}
+    calibration = {**fit_calibration(scored.splits["val"]), "tta": trained_cfg.evaluation.tta}
     store_calibration(scored.checkpoint, scored.state, calibration)
     return calibration
 
@@ -237,7 +237,7 @@ def evaluate_external(cfg: Config, checkpoints: Sequence[Path], labels: Sequence
     elif internal:
         notes.append("The run has no test split: no internal comparison.")
     predictions[name] = external
-    calibration = _temperature(internal[0]) if len(internal) == 1 else None
+    calibration = _temperature(state, trained_cfg, internal[0] if internal else None) if len(checkpoints) == 1 else None
     if len(checkpoints) > 1:
         notes.append(f"An ensemble of {len(checkpoints)} checkpoints ({method} of their probabilities): no single "
                      "temperature, calibration shown as it is.")

@@ -154,6 +154,12 @@ def _p(p: float) -> str:
     return "—" if p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _difference_columns(frame: pd.DataFrame, label: str) -> dict[str, list[str]]:
+    """A difference with its CI (columns difference, ci_low, ci_high) and its p (p_value), formatted."""
+    return {label: [_ci(r.difference, r.ci_low, r.ci_high, "+") for r in frame.itertuples()],
+            "p": [_p(p) for p in frame["p_value"]]}
+
+
 def site_section(run: EvaluationRun, report: Report) -> None:
     """The external set beside the internal test split: differences with unpaired CIs, calibration at both."""
     site = run.site
@@ -167,8 +173,7 @@ def site_section(run: EvaluationRun, report: Report) -> None:
         rows = site.differences.set_index("metric")
         blocks.append(Table(pd.DataFrame({
             f"internal {site.internal}": rows["internal"], site.external: rows["external"],
-            "difference [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+") for r in rows.itertuples()],
-            "p": [_p(p) for p in rows["p_value"]]}), "Headline metrics at both sites"))
+            **_difference_columns(rows, "difference [95% CI]")}, index=rows.index), "Headline metrics at both sites"))
     if not site.calibration.empty:
         caption = ("Calibration at both sites" + (f" (T = {site.temperature:.3f})" if site.temperature else ""))
         blocks.append(Table(site.calibration.astype({"zones": int}), caption))
@@ -198,9 +203,7 @@ def readers_section(run: EvaluationRun, report: Report) -> None:
     scores = pd.DataFrame(cells).T.rename_axis(["reference", "scored"])
     paired = study.differences
     differences = pd.DataFrame({"reference": paired["reference"], "metric": paired["metric"],
-                                "model − reader [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+")
-                                                            for r in paired.itertuples()],
-                                "p": [_p(p) for p in paired["p_value"]]})
+                                **_difference_columns(paired, "model − reader [95% CI]")})
     images = [Image.from_file(p) for p in study.figures]
     report.add_section("Readers", intro, Table(ranges, "Where the model falls within the readers' range"),
                        Table(scores.reset_index(), "Against the consensus of the other readers", index=False),
@@ -224,8 +227,8 @@ def outcome_section(run: EvaluationRun, report: Report) -> None:
         c = outcome.comparisons
         blocks.append(Table(pd.DataFrame({
             "images": c["images"].astype(int), "model": c["model_auroc"], "reader": c["reader_auroc"],
-            "model − reader [95% CI]": [_ci(r.difference, r.ci_low, r.ci_high, "+") for r in c.itertuples()],
-            "p": [_p(p) for p in c["p_value"]]}), "Model against each reader on the same patients (paired)"))
+            **_difference_columns(c, "model − reader [95% CI]")}, index=c.index),
+            "Model against each reader on the same patients (paired)"))
     if not outcome.operating_points.empty:
         points = outcome.operating_points
         shown = pd.DataFrame({"scorer": points["scorer"], "rule": points["rule"], "threshold": points["threshold"],
