@@ -246,8 +246,9 @@ def _score_columns(header: list[str], path: Path) -> tuple[bool, dict[str, list[
                         f"({', '.join(readers)}); keep one: the readers' consensus ([Data] consensus) is the target")
     if not readers and len(plain) < len(ZONES):
         missing = [zone for zone in ZONES if zone not in lower]
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {shown(', '.join(header))} "
-                        "(or give every reader's scores as <zone>@<reader> columns)")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {shown(', '.join(header))} (or give "
+                        "every reader's scores as <zone>@<reader> columns; set [Data] csv_separator if the header "
+                        "was not split right)")
     return not readers, {reader: [columns[z] for z in ZONES] for reader, columns in readers.items()}
 
 
