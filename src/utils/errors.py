@@ -44,9 +44,14 @@ class OutputError(CSIError):
     """A file that cannot be written: disk full, read-only filesystem, missing permission."""
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on Ctrl-C after writing a checkpoint; `run_dir` resumes it (exit code 130)."""
+class StoppedOnAnotherRank(CSIError):
+    """A distributed run stopped here because rank 0 stopped it (its own error says why)."""
 
-    def __init__(self, message: str, run_dir) -> None:
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM after writing a checkpoint; `run_dir` resumes it (exit
+    code 130). `is_main`: raised on the rank that wrote it (the one that tells how to resume)."""
+
+    def __init__(self, message: str, run_dir, is_main: bool = True) -> None:
         super().__init__(message)
-        self.run_dir = run_dir
+        self.run_dir, self.is_main = run_dir, is_main
