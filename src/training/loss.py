@@ -106,7 +106,8 @@ class LabelSmoothingLoss(WeightedCSILoss):
 
     def per_target(self, log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         nll = super().per_target(log_probs, targets)
-        spread = -log_probs[..., list(KNOWN_CLASSES)].mean(dim=-1)
+        # A slice, not a list index: indexing by a list copies it to the device and waits for the copy.
+        spread = -log_probs[..., KNOWN_CLASSES[0]:KNOWN_CLASSES[-1] + 1].mean(dim=-1)
         return torch.where(targets == UNKNOWN, nll, (1 - self.smoothing) * nll + self.smoothing * spread)
 
 

@@ -22,13 +22,25 @@ def parameter_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: 
     return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
+# Where Adam and AdamW run fused: one kernel for all parameters, which also takes the loop's skip
+# decision as a device tensor (found_inf), so no step waits for the host to read it.
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
 def create_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The [Optimization] optimizer over `model`'s parameters, which are on their device already.
+
+    SGD and RMSprop run unfused: RMSprop has no fused kernel, and fused SGD skips a step
+    (found_inf) without initialising its momentum buffers, which a skipped first step then leaves
+    holding uninitialised memory (seen on CPU, torch 2.14).
+    """
     opt, lr = cfg.optimization, cfg.training.learning_rate
     groups = parameter_groups(model, opt.weight_decay, opt.no_decay_norm_bias)
+    fused = all(p.device.type in _FUSED_DEVICES for group in groups for p in group["params"])
     if opt.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.Adam(groups, lr=lr, fused=fused)
     if opt.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
     if opt.optimizer == "rmsprop":
         return torch.optim.RMSprop(groups, lr=lr, momentum=opt.momentum)
     return torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, nesterov=opt.nesterov and opt.momentum > 0)
