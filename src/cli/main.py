@@ -148,6 +148,8 @@ def cli(ctx: click.Context, mode: str, config_path: str, overrides: tuple[str, .
         sys.exit(2)
     except TrainingInterrupted as exc:
         config = "" if config_path == DEFAULT_CONFIG else f" --config {shlex.quote(config_path)}"
+        if not exc.is_main:  # another rank of a distributed run: rank 0 says how to resume
+            sys.exit(130)
         if mode == "cv":  # the same command continues the unfinished folds, this one from where it stopped
             command = shlex.join(["python", "main.py", *sys.argv[1:]])
             logger.warning(f"{exc}. Continue the cross-validation with: {command}")

@@ -77,6 +77,12 @@ class TrainingConfig:
         "batch_size x this).", min=1)
     max_grad_norm: float = key(0.0, "Clip the gradient norm to this; 0 disables clipping.", min=0)
     compile: bool = key(False, "torch.compile the model (faster steps after a slow first one).")
+    deterministic: bool = key(
+        False, "Deterministic algorithms (PyTorch's, cuDNN's) and exact fp32 matrix products, so that the same "
+        "seed gives the same run on a GPU too; false: cuDNN autotunes and CUDA's fp32 uses TF32 (faster).")
+    sync_batchnorm: str = key(
+        "auto", "Distributed runs on GPUs: BatchNorm statistics over all processes' images; auto: when each "
+        "process gets fewer than 16 images per step.", choices=("auto", "true", "false"))
     max_nonfinite_steps: int = key(
         10, "Steps with a non-finite loss or gradient are skipped; this many in a row stop training.",
         min=1)
@@ -415,7 +421,8 @@ class HyperoptConfig:
                       choices=("median", "hyperband", "successive_halving", "none"), flag="--pruner")
     max_epochs: int = key(10, "Epoch budget of each trial (train-optimized uses [Training] n_epochs).",
                           min=1, flag="--max-epochs")
-    n_jobs: int = key(1, "Trials run in parallel threads of this process.", min=1, flag="--n-jobs")
+    n_jobs: int = key(1, "Trials run in parallel threads of this process (CPU only: on GPUs, run one worker "
+                      "process per GPU, scripts/gpu_workers.sh).", min=1, flag="--n-jobs")
     metric: str = key("val_f1_macro", "Validation metric to optimise.",
                       metric=True)
     cv_folds: int = key(

@@ -25,16 +25,30 @@ from src.training.loggers import create_loggers
 from src.training.loop import NonFiniteGuard, StepInterrupted, train_epoch, validate_epoch
 from src.training.loss import build_criterion
 from src.training.optimizer import create_optimizer, create_scheduler
+from src.training.parallel import (
+    freeze_unused_parameters,
+    use_sync_batchnorm,
+    warn_small_rank_batch,
+    wrap_model,
+)
 from src.training.run_state import RunState
 from src.utils.checkpoint import TopKCheckpoints, read_checkpoint, save_checkpoint
 from src.utils.device import resolve_device
-from src.utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown
-from src.utils.errors import CheckpointError, ConfigError, OutputError, TrainingInterrupted
+from src.utils.distributed import (
+    DistInfo,
+    any_rank,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    process_device,
+    shutdown,
+)
+from src.utils.errors import CheckpointError, ConfigError, OutputError, StoppedOnAnotherRank, TrainingInterrupted
 from src.utils.interrupt import stop_requests
 from src.utils.io import atomic_write_csv, atomic_write_text, remove_temporaries, require_free_space
 from src.utils.logging import logger
 from src.utils.run_dir import BEST, LAST, create_run_dir
-from src.utils.seed import capture_rng_state, restore_rng_state, seed_everything
+from src.utils.seed import capture_rng_state, restore_rng_state, seed_everything, set_determinism
 
 __all__ = ["train_model", "train_epoch", "validate_epoch", "TrainResult", "DebugRun", "ResumePoint", "resume_point"]
 
@@ -80,16 +94,6 @@ def resume_point(target: str | Path) -> ResumePoint:
     return ResumePoint(path, state)
 
 
-def wrap_model(model: torch.nn.Module, compiled: bool, dist: DistInfo, device: torch.device) -> torch.nn.Module:
-    """The module the loop trains: `model` compiled and/or in DistributedDataParallel. State dicts
-    are always taken from `model` itself, so checkpoints never carry the wrappers' key prefixes."""
-    net = torch.compile(model) if compiled else model
-    if dist.enabled:
-        device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=device_ids)
-    return net
-
-
 class _Trainer:
     """One training run: construction builds everything and writes nothing; `fit` opens the run
     directory and runs the epochs. Split out of train_model for readability."""
@@ -100,13 +104,13 @@ class _Trainer:
         self.debug, self.resume = debug, resume
         self.provenance, self.given_run_dir = provenance, run_dir
         seed_everything(cfg.training.seed)
-        self.device = resolve_device(cfg.training.device)
-        self.dist: DistInfo = init_distributed(self.device.type)
-        if self.dist.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
-            torch.cuda.set_device(self.device)
+        device = resolve_device(cfg.training.device)
+        self.dist: DistInfo = init_distributed(device.type)
+        self.device = process_device(device, self.dist)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+            torch.cuda.set_device(self.device)
+        set_determinism(cfg.training.deterministic, self.device)
+        warn_small_rank_batch(cfg.training.batch_size, self.dist)
         # The inputs are checked before any costly work (loading weights, the precision probe, building
         # the model): labels, splits and image paths, the decoded images, then the disk's free space.
         data = data or load_data(cfg)
@@ -142,9 +146,24 @@ class _Trainer:
         self.keeper = TopKCheckpoints(None, callbacks.save_top_k, self.mode)
         self.start_epoch, self.first_batch = 1, 0  # first_batch > 0: resuming inside start_epoch
         self.run_dir: Path | None = None
+        if self.dist.enabled:
+            self._prepare_for_ddp()
         self.net = wrap_model(self.model, cfg.training.compile, self.dist, self.device)
         if resume is not None:
             self._restore(resume)
+
+    def _prepare_for_ddp(self) -> None:
+        """The model as DDP will hold it: without the parameters no step trains, and with
+        synchronised BatchNorm where [Training] sync_batchnorm asks for it."""
+        cfg, size = self.cfg, self.cfg.data.image_size
+        freeze_unused_parameters(self.model, (2, self.model.input_channels, size, size), self.device, self.dist)
+        if use_sync_batchnorm(cfg.training.sync_batchnorm, self.model, self.dist, self.device,
+                              cfg.training.batch_size):
+            # The same parameter and buffer objects in SyncBatchNorm modules: the optimizer and the
+            # state dict keys are unchanged.
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            if self.dist.is_main:
+                logger.info("BatchNorm synchronised over the processes ([Training] sync_batchnorm)")
 
     def _make_loaders(self) -> None:
         cfg, debug, dist = self.cfg, self.debug, self.dist
@@ -214,7 +233,7 @@ class _Trainer:
             "config": self.cfg_text, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "run_state": self.state.state_dict(), "top_k": self.keeper.state_dict(),
-            "nonfinite": self.guard.state_dict(), "rng": capture_rng_state(),
+            "nonfinite": self.guard.state_dict(), "rng": capture_rng_state(self.device),
         }
 
     def _restore(self, resume: ResumePoint) -> None:
@@ -229,7 +248,7 @@ class _Trainer:
         self.guard.load_state_dict(state["nonfinite"])
         self.start_epoch, self.first_batch = state["epoch"] + 1, state["next_batch"]
         self.cfg_text = state["config"]
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
         logger.info(f"Resuming {resume.path.parent} after epoch {state['epoch']}"
                     + (f" and {self.first_batch} batches of the next" if self.first_batch else ""))
 
@@ -275,7 +294,21 @@ class _Trainer:
                         f"val_qwk {val_metrics['val_qwk']:.3f}  lr {train_metrics['lr']:.2e}  "
                         f"{train_metrics['images_per_second']:.1f} img/s")
         if on_epoch_end is not None:
-            on_epoch_end(epoch, {**train_metrics, **val_metrics})
+            self._call_on_epoch_end(on_epoch_end, epoch, {**train_metrics, **val_metrics})
+
+    def _call_on_epoch_end(self, on_epoch_end: Callable[[int, dict], None], epoch: int, metrics: dict) -> None:
+        """`on_epoch_end` runs on rank 0, which reports, logs and decides (a pruner, a notebook's
+        stop); when it raises there, every other rank stops too, at the same epoch."""
+        error = None
+        if self.dist.is_main:
+            try:
+                on_epoch_end(epoch, metrics)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after the other ranks learn of it
+                error = exc
+        if any_rank(error is not None, self.dist):
+            if error is not None:
+                raise error
+            raise StoppedOnAnotherRank(f"rank 0 stopped training after epoch {epoch}")
 
     def _load_best_weights(self) -> None:
         """[Callbacks] restore_best_weights: the model ends with best_model.pth's weights."""
@@ -286,11 +319,14 @@ class _Trainer:
         logger.info(f"Restored the weights of epoch {best} (best {self.monitor})")
 
     def _save_interrupted(self, epoch: int, batches: int) -> None:
-        """Checkpoint the middle of `epoch` (its val metrics are the last epoch's) and stop."""
-        metrics = self.state.val_history[-1] if self.state.val_history else {}
-        save_checkpoint(self.run_dir / LAST, self._checkpoint(epoch - 1, metrics, next_batch=batches))
+        """Checkpoint the middle of `epoch` (its val metrics are the last epoch's) and stop, every
+        rank once the checkpoint is written (torchrun stops the others as soon as one exits)."""
+        if self.dist.is_main:
+            metrics = self.state.val_history[-1] if self.state.val_history else {}
+            save_checkpoint(self.run_dir / LAST, self._checkpoint(epoch - 1, metrics, next_batch=batches))
+        barrier(self.dist)
         raise TrainingInterrupted(f"Interrupted after batch {batches} of epoch {epoch}; "
-                                  f"saved {self.run_dir / LAST}", self.run_dir)
+                                  f"saved {self.run_dir / LAST}", self.run_dir, self.dist.is_main)
 
     def fit(self, on_epoch_end: Callable[[int, dict], None] | None) -> TrainResult:
         cfg = self.cfg
@@ -303,20 +339,22 @@ class _Trainer:
                         f"({str(self.settings.dtype).removeprefix('torch.')}"
                         f"{', channels_last' if self.settings.channels_last else ''})")
         writes = self.run_dir is not None and self.dist.is_main
-        # Ctrl-C stops at a step's end and checkpoints, except in a distributed run (whose ranks
-        # would have to agree on the step) and a fast dev run (nothing to keep).
-        interruptible = writes and not self.dist.enabled
+        # Ctrl-C and SIGTERM stop every rank at the same step's end, with a checkpoint (not in a fast
+        # dev run: nothing to keep). The loop agrees on a request made during an epoch; here, on one
+        # made between two (e.g. during validation).
         with create_loggers(cfg, self.run_dir, resume=self.start_epoch > 1 or self.first_batch > 0,
                             enabled=writes) as loggers, \
-                stop_requests(enabled=interruptible) as stop:
+                stop_requests(enabled=self.run_dir is not None) as stop:
             for epoch in range(self.start_epoch, last_epoch + 1):
-                if stop.is_set():
+                if any_rank(stop.is_set(), self.dist):
                     raise TrainingInterrupted(f"Interrupted after epoch {epoch - 1}; saved {self.run_dir / LAST}",
-                                              self.run_dir)
+                                              self.run_dir, self.dist.is_main)
                 self._run_epoch(epoch, last_epoch, loggers, stop, on_epoch_end)
+                # Every rank holds the same validation metrics (gathered), hence the same verdict.
                 if self.state.should_stop:
-                    logger.info(f"Early stopping: no {self.monitor} improvement for "
-                                f"{self.state.epochs_without_improvement} epochs")
+                    if self.dist.is_main:
+                        logger.info(f"Early stopping: no {self.monitor} improvement for "
+                                    f"{self.state.epochs_without_improvement} epochs")
                     break
             best = self.state.best_metrics()
             if writes and not (self.run_dir / BEST).exists():
