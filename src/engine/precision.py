@@ -9,9 +9,13 @@ measures instead of guessing. Invariants:
   AVX-512-BF16 and on CUDA devices that support it, fp16 on CUDA), in the memory formats
   `channels_last` allows.
 - A reduced precision is picked only when it beats fp32 by more than `MARGIN`: a tie within noise
-  keeps exact arithmetic.
+  keeps exact arithmetic. On CUDA, bf16 is preferred to fp16 unless fp16 is faster by more than
+  `FP16_MARGIN`: fp16 needs the gradient scaler, and its narrow range overflows.
 - The probe never changes the run: it builds its own copy of the model (random weights, nothing
-  downloaded) and leaves every random number generator as it found it.
+  downloaded) and leaves every random number generator as it found it. It holds one copy and one
+  batch (the per-process batch of the run, on a GPU), switching the memory format between
+  candidates; a candidate that runs out of GPU memory is skipped with one line saying so (a model
+  that fits only in bf16 gets bf16), and if all do, the run stops with one line to lower batch_size.
 - The pick belongs to the machine, not to a data set: it is cached (a lone candidate too, unmeasured) in
   $XDG_CACHE_HOME/csi-predictor/precision.json (default ~/.cache) per model, input size, probe
   batch, device, torch version, thread count and oneDNN ISA cap, so only the first run of a model on a machine
@@ -21,7 +25,6 @@ measures instead of guessing. Invariants:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import platform
@@ -37,10 +40,12 @@ from src.config.schema import Config
 from src.data.masks import reads_masks
 from src.models.factory import build_architecture
 from src.utils.device import autocast, cpu_has_fast_bf16, onednn_isa_cap
+from src.utils.errors import ConfigError
 from src.utils.io import atomic_write_text
 from src.utils.logging import logger
 
 MARGIN = 0.05  # a reduced precision must be this much faster than fp32 to be picked
+FP16_MARGIN = 0.10  # fp16 must be this much faster than bf16 to be picked over it
 ROUNDS = 3  # timed steps per candidate, the candidates alternating
 CPU_PROBE_BATCH = 8  # on a CPU, images/s barely changes beyond this batch, and big models step slowly
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -63,7 +68,8 @@ def candidates(device: torch.device, channels_last: str) -> list[Precision]:
     """What auto chooses from on `device` under `[Training] channels_last` (auto, true or false)."""
     reduced = []
     if device.type == "cuda":
-        reduced = (["bf16"] if torch.cuda.is_bf16_supported() else []) + ["fp16"]
+        # Native bf16 only (compute capability 8.0 and above): emulated bf16 is never faster.
+        reduced = (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else []) + ["fp16"]
     elif device.type == "cpu" and cpu_has_fast_bf16():  # elsewhere bf16 is emulated: never faster
         reduced = ["bf16"]
     layouts = {"auto": (False, True), "true": (True,), "false": (False,)}[channels_last]
@@ -93,7 +99,11 @@ def cache_file() -> Path:
 
 
 def probe_batch(cfg: Config, device: torch.device) -> int:
-    return cfg.training.batch_size if device.type == "cuda" else min(cfg.training.batch_size, CPU_PROBE_BATCH)
+    """The batch a step is timed at: on a GPU, what each process of the run gets ([Training] batch_size
+    is split over a distributed run's processes)."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    per_process = max(cfg.training.batch_size // (torch.distributed.get_world_size() if distributed else 1), 1)
+    return per_process if device.type == "cuda" else min(per_process, CPU_PROBE_BATCH)
 
 
 def _cache_key(cfg: Config, device: torch.device) -> str:
@@ -105,30 +115,35 @@ def _cache_key(cfg: Config, device: torch.device) -> str:
             f"threads={torch.get_num_threads()}" + (f" isa<={onednn_isa_cap()}" if onednn_isa_cap() else ""))
 
 
-def time_steps(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
-    """Median seconds of one training step (forward, backward, SGD update) per option."""
-    # Weights do not change the speed: random ones, so nothing is read or downloaded.
-    base = build_architecture(cfg)
-    batch, size = probe_batch(cfg, device), cfg.data.image_size
-    images = torch.randn(batch, base.input_channels, size, size, device=device)
-    targets = torch.randint(0, cfg.model.num_classes, (batch, 6), device=device)
-    runs = {}
-    for option in options:
-        layout = torch.channels_last if option.channels_last else torch.contiguous_format
-        runs[option] = (copy.deepcopy(base).to(device, memory_format=layout), images.contiguous(memory_format=layout))
+def time_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, device: torch.device,
+               options: list[Precision]) -> dict[Precision, float]:
+    """Median seconds of one training step (forward, backward, SGD update) of `model` per option, the
+    options alternating; an option that runs out of GPU memory is left out (and said so)."""
     samples: dict[Precision, list[float]] = {option: [] for option in options}
     for round_ in range(ROUNDS + 1):  # round 0 warms up: kernel choice, allocations
         for option in options[round_ % len(options):] + options[:round_ % len(options)]:
-            model, batch_images = runs[option]
-            seconds = _step(model, batch_images, targets, option, device)
-            if round_:
+            if option not in samples:
+                continue
+            try:
+                seconds = _step(model, images, targets, option, device)
+            except torch.OutOfMemoryError:
+                seconds = None
+            if seconds is None:  # outside the except block, whose traceback holds the step's tensors
+                del samples[option]
+                model.zero_grad(set_to_none=True)
+                torch.cuda.empty_cache()
+                logger.info(f"precision = auto: {option} runs out of memory at {len(images)} images per step on "
+                            f"{_device_name(device)}: skipped")
+            elif round_:
                 samples[option].append(seconds)
     return {option: statistics.median(values) for option, values in samples.items()}
 
 
 def _step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, option: Precision,
           device: torch.device) -> float:
-    model.train()
+    layout = torch.channels_last if option.channels_last else torch.contiguous_format
+    model.to(memory_format=layout).train()  # in place: one copy of the weights serves every option
+    images = images.contiguous(memory_format=layout)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     started = time.perf_counter()
@@ -147,10 +162,19 @@ def _step(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, o
 
 
 def pick(step_seconds: dict[Precision, float]) -> Precision:
-    """The fastest option; fp32 unless a reduced precision beats it by more than MARGIN."""
-    fp32 = next(option for option in step_seconds if option.name == "fp32")
+    """The fastest option, except that fp16 gives way to bf16 unless faster by more than FP16_MARGIN,
+    and a reduced precision to fp32 unless faster by more than MARGIN. Options missing from
+    `step_seconds` (out of memory) are no choice."""
     fastest = min(step_seconds, key=step_seconds.get)
-    return fastest if step_seconds[fastest] < (1 - MARGIN) * step_seconds[fp32] else fp32
+    bf16 = [option for option in step_seconds if option.name == "bf16"]
+    if fastest.name == "fp16" and bf16:
+        best_bf16 = min(bf16, key=step_seconds.get)
+        if step_seconds[fastest] >= (1 - FP16_MARGIN) * step_seconds[best_bf16]:
+            fastest = best_bf16
+    fp32 = next((option for option in step_seconds if option.name == "fp32"), None)
+    if fp32 is not None and not step_seconds[fastest] < (1 - MARGIN) * step_seconds[fp32]:
+        return fp32
+    return fastest
 
 
 def choose_precision(cfg: Config, device: torch.device, measure: bool = True) -> Precision:
@@ -182,9 +206,11 @@ def _measured_or_cached(cfg: Config, device: torch.device, measure: bool) -> Pre
         choice, rate = options[0], {}
         logger.info(f"precision = auto: {choice}, the only candidate on {_device_name(device)}{_why_alone(device)}")
     else:
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the probe must not change the run's random draws
-            step_seconds = time_steps(cfg, device, options)
+        step_seconds = _probe(cfg, device, options)
+        if not step_seconds:
+            raise ConfigError(f"[Training] batch_size = {cfg.training.batch_size}: {cfg.model.model_arch} at "
+                              f"{cfg.data.image_size} px runs out of memory on {_device_name(device)} in every "
+                              f"precision auto tried ({', '.join(map(str, options))}); lower batch_size")
         choice = pick(step_seconds)
         rate = {str(o): round(probe_batch(cfg, device) / s, 2) for o, s in step_seconds.items()}
         logger.info(f"precision = auto: {cfg.model.model_arch} at {cfg.data.image_size} px measured "
@@ -193,3 +219,19 @@ def _measured_or_cached(cfg: Config, device: torch.device, measure: bool) -> Pre
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(known, indent=1))
     return choice
+
+
+def _probe(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
+    """time_steps on a copy of the model with random weights and a random batch, leaving the random
+    generators as they were and, on a GPU, its memory to the run."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # Weights do not change the speed: random ones, so nothing is read or downloaded.
+        model = build_architecture(cfg).to(device)
+        batch, size = probe_batch(cfg, device), cfg.data.image_size
+        images = torch.randn(batch, model.input_channels, size, size, device=device)
+        targets = torch.randint(0, cfg.model.num_classes, (batch, 6), device=device)
+        step_seconds = time_steps(model, images, targets, device, options)
+    del model, images, targets
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return step_seconds
