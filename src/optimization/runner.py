@@ -11,6 +11,7 @@ trial, per-trial clean-up and report line, interrupt handling and the report fil
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from src.optimization.report import best_params, describe_trial, write_report
 from src.optimization.search_space import parse_space
 from src.optimization.study import display_location, objective_name, open_storage, open_study, recover_dead_trials
 from src.training.trainer import TrainResult, train_model
+from src.utils.device import resolve_device
 from src.utils.errors import ConfigError, TrialFailed
 from src.utils.logging import logger
 
@@ -55,6 +57,23 @@ def quiet_optuna() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
+WORKERS_SCRIPT = "scripts/gpu_workers.sh"
+
+
+def require_worker_processes(cfg: Config, mode: str) -> None:
+    """A search on GPUs runs one worker process per GPU (WORKERS_SCRIPT), all on one study storage,
+    each with its own GPU, CUDA context and random generators. Refused: trials in threads of one
+    process (n_jobs > 1), which would share one GPU and its generator, and a search under torchrun,
+    whose processes would each run other trials while DDP expects them to train one model."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"--mode {mode} runs one worker process per GPU, not under torchrun: start them with "
+                          f"{WORKERS_SCRIPT} python main.py --mode {mode} ...")
+    if cfg.hyperopt.n_jobs > 1 and resolve_device(cfg.training.device).type == "cuda":
+        raise ConfigError(f"[Hyperopt] n_jobs = {cfg.hyperopt.n_jobs}: trials in threads would share one GPU and "
+                          f"its random generator; set n_jobs = 1 and run one worker process per GPU on the same "
+                          f"storage: {WORKERS_SCRIPT} python main.py --mode {mode} ...")
+
+
 def run_study(cfg: Config, *, space: dict[str, BaseDistribution] | None = None,
               sampler: BaseSampler | None = None, pruner: BasePruner | None = None,
               suggest_params: Callable[[optuna.Trial], dict[str, Any]] | None = None,
@@ -68,6 +87,7 @@ def run_study(cfg: Config, *, space: dict[str, BaseDistribution] | None = None,
     the trial for every key of `space`) and `callbacks(study, trial)` run after each trial.
     """
     hp = cfg.hyperopt
+    require_worker_processes(cfg, "hyperopt")
     space = parse_space(cfg) if space is None else space  # a bad line fails here, before anything is stored
     quiet_optuna()
     storage = open_storage(cfg)

@@ -22,6 +22,7 @@ from optuna.storages import BaseStorage, RDBStorage
 
 from src.config.schema import Config
 from src.optimization.objective import SharedDatasets, keep_best_checkpoints
+from src.optimization.runner import require_worker_processes
 from src.optimization.study import HEARTBEAT_S, display_location
 from src.sweeps.local import (
     claim_run,
@@ -69,6 +70,7 @@ def run_in_process(cfg: Config, sweep_id: str, number: int, store: BaseStorage, 
 
 def run_agent(cfg: Config, sweep_id: str, count: int | None = None) -> tuple[optuna.Study, SweepSpec]:
     """Run `count` runs of the sweep (all it has left when None); writes the outputs after each."""
+    require_worker_processes(cfg, "sweep-agent")
     study, spec, store = open_sweep(cfg, sweep_id)
     out = sweep_dir(cfg, sweep_id)
     bands = [b for b in spec.hyperband.bands if b <= cfg.training.n_epochs] if spec.hyperband else []
