@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.distributions import BaseDistribution
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
@@ -60,15 +61,17 @@ def quiet_optuna() -> None:
 WORKERS_SCRIPT = "scripts/gpu_workers.sh"
 
 
-def require_worker_processes(cfg: Config, mode: str) -> None:
+def require_worker_processes(cfg: Config, mode: str, device: torch.device | None = None) -> None:
     """A search on GPUs runs one worker process per GPU (WORKERS_SCRIPT), all on one study storage,
     each with its own GPU, CUDA context and random generators. Refused: trials in threads of one
     process (n_jobs > 1), which would share one GPU and its generator, and a search under torchrun,
-    whose processes would each run other trials while DDP expects them to train one model."""
+    whose processes would each run other trials while DDP expects them to train one model.
+    `device`: where trials train (default: [Training] device here)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError(f"--mode {mode} runs one worker process per GPU, not under torchrun: start them with "
                           f"{WORKERS_SCRIPT} python main.py --mode {mode} ...")
-    if cfg.hyperopt.n_jobs > 1 and resolve_device(cfg.training.device).type == "cuda":
+    device = device or resolve_device(cfg.training.device)
+    if cfg.hyperopt.n_jobs > 1 and device.type == "cuda":
         raise ConfigError(f"[Hyperopt] n_jobs = {cfg.hyperopt.n_jobs}: trials in threads would share one GPU and "
                           f"its random generator; set n_jobs = 1 and run one worker process per GPU on the same "
                           f"storage: {WORKERS_SCRIPT} python main.py --mode {mode} ...")

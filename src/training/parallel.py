@@ -81,8 +81,9 @@ def freeze_unused_parameters(model: nn.Module, input_shape: tuple[int, ...], dev
         if name in unused:
             parameter.requires_grad_(False)
     if unused and dist.is_main:
-        logger.info(f"{len(unused)} parameters get no gradient from this model's forward and are left out of "
-                    f"DistributedDataParallel: {', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}")
+        logger.info(f"{len(unused)} parameter{'s' if len(unused) > 1 else ''} without a gradient from this model's "
+                    f"forward, left out of DistributedDataParallel: {', '.join(unused[:5])}"
+                    f"{', ...' if len(unused) > 5 else ''}")
 
 
 def wrap_model(model: nn.Module, compiled: bool, dist: DistInfo, device: torch.device) -> nn.Module:
