@@ -18,9 +18,9 @@ measures instead of guessing. Invariants:
   that fits only in bf16 gets bf16), and if all do, the run stops with one line to lower batch_size.
 - The pick belongs to the machine, not to a data set: it is cached (a lone candidate too, unmeasured) in
   $XDG_CACHE_HOME/csi-predictor/precision.json (default ~/.cache) per model, input size, probe
-  batch, device, torch version, thread count and oneDNN ISA cap, so only the first run of a model on a machine
-  pays (about a second for a small model, ~15 s for resnet50 on 2 CPU cores). Distributed ranks all
-  use rank 0's pick.
+  batch, device, torch version, thread count, oneDNN ISA cap and (on a GPU) TF32, so only the first
+  run of a model on a machine pays (about a second for a small model, ~15 s for resnet50 on 2 CPU
+  cores). Distributed ranks all use rank 0's pick.
 """
 
 from __future__ import annotations
@@ -112,7 +112,9 @@ def _cache_key(cfg: Config, device: torch.device) -> str:
     pooling = f"mask/{m.zone_focus}" if reads_masks(cfg.data) else m.zone_pooling
     return (f"{m.model_arch} pooling={pooling} {cfg.data.image_size}px batch={probe_batch(cfg, device)} "
             f"channels_last={cfg.training.channels_last} | {_device_name(device)} | torch {torch.__version__} "
-            f"threads={torch.get_num_threads()}" + (f" isa<={onednn_isa_cap()}" if onednn_isa_cap() else ""))
+            f"threads={torch.get_num_threads()}" + (f" isa<={onednn_isa_cap()}" if onednn_isa_cap() else "")
+            # [Training] deterministic turns TF32 off, which slows fp32 on a GPU
+            + (f" tf32={torch.backends.cuda.matmul.allow_tf32}" if device.type == "cuda" else ""))
 
 
 def time_steps(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor, device: torch.device,
