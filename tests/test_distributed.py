@@ -1,7 +1,8 @@
 """Training on several processes and on GPUs, as far as a CPU shows it: two real gloo ranks that take
 every decision together, backbones with parameters that get no gradient under DDP, Ctrl-C on one
 rank, a GPU run's checkpoint on a machine without GPUs, and the rules that only a GPU would exercise
-(tested as rules: the precision probe's out-of-memory skip, sync_batchnorm, threads on a GPU)."""
+(tested as rules: the precision probe's out-of-memory skip, sync_batchnorm, threads on a GPU, the
+host reads of a training step)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,17 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from src.cli.export import run_export
 from src.cli.predict import run_predict
 from src.cli.train import run_train
 from src.config.loader import apply_overrides, load_config
 from src.engine.precision import Precision, pick, time_steps
+from src.engine.settings import LoopSettings
 from src.optimization.runner import require_worker_processes
-from src.training.loop import NonFiniteGuard
+from src.training.loop import NonFiniteGuard, train_epoch
+from src.training.loss import WeightedCSILoss
 from src.training.parallel import use_sync_batchnorm
 from src.training.trainer import train_model
 from src.utils.checkpoint import read_checkpoint, save_checkpoint
@@ -285,3 +289,38 @@ def test_gpu_workers_script_gives_each_worker_one_gpu(tmp_path):
     failing = subprocess.run([str(script), "sh", "-c", "exit $CUDA_VISIBLE_DEVICES"], cwd=tmp_path,
                              env={**os.environ, "GPUS": "0,3"}, capture_output=True, text=True, timeout=60)
     assert failing.returncode == 3  # a worker's failure is the script's
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations that read a tensor's value on the host (item(), bool(), float(), a
+    nonzero's size): on a GPU each one waits for the device to finish everything queued before it."""
+
+    READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("optimizer, reads_per_step", [("adam", 0), ("sgd", 1)])
+def test_a_training_step_reads_nothing_on_the_host_but_sgds_skip_decision(optimizer, reads_per_step):
+    """Host reads per optimizer step, with clipping and accumulation: none with fused Adam, which
+    skips on the device; SGD's one, its skip decision. (What a CPU cannot show: host-to-device copies
+    and reads inside CUDA kernels. A GPU check counts those with torch.cuda.set_sync_debug_mode.)"""
+    def reads(batches: int) -> int:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                              nn.Linear(16, 30), nn.Unflatten(1, (6, 5)))
+        step = (torch.optim.Adam(model.parameters(), fused=True) if optimizer == "adam"
+                else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+        data = [(torch.rand(2, 1, 8, 8), torch.randint(0, 5, (2, 6)), ["a", "b"]) for _ in range(batches)]
+        with _HostReads() as counter:
+            train_epoch(model, data, WeightedCSILoss(), step, torch.device("cpu"), 1,
+                        LoopSettings(progress=False, max_grad_norm=1.0, grad_accumulation=2))
+        return counter.count
+
+    assert reads(12) - reads(4) == reads_per_step * (12 - 4) // 2

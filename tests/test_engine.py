@@ -17,7 +17,8 @@ from src.engine.settings import LoopSettings
 from src.training.loop import train_epoch
 from src.training.loss import WeightedCSILoss
 from src.training.optimizer import create_optimizer, create_scheduler
-from src.training.trainer import DebugRun, _Trainer, train_model, wrap_model
+from src.training.parallel import wrap_model
+from src.training.trainer import DebugRun, _Trainer, train_model
 from src.utils.device import resolve_precision
 from src.utils.distributed import DistInfo
 from src.utils.errors import ConfigError
