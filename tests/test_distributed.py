@@ -42,28 +42,58 @@ from tests.zoo_caches import write_hf_vit_cache, write_raddino_cache
 TIMEOUT = 300  # seconds a two-rank run may take on a busy 2-core machine before the test fails
 
 
-def start_ranks(args: list[str], cwd: Path, env: dict | None = None, ranks: int = 2) -> list[subprocess.Popen]:
-    """`python ARGS` as `ranks` processes of one gloo group, with the environment torchrun gives its
-    workers (without torchrun, so that a signal reaches the one rank it is sent to)."""
-    common = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
-              "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(ranks), "LOCAL_WORLD_SIZE": str(ranks),
-              **(env or {})}
-    return [subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank)})
-            for rank in range(ranks)]
+class Ranks:
+    """`python ARGS` as `count` processes of one gloo group, with the environment torchrun gives its
+    workers (without torchrun, so that a signal reaches the one rank it is sent to). Their output is
+    read as it comes, so that no process ever blocks on a full pipe."""
 
+    def __init__(self, args: list[str], cwd: Path, env: dict | None = None, count: int = 2) -> None:
+        common = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1",
+                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(count),
+                  "LOCAL_WORLD_SIZE": str(count), **(env or {})}
+        self.procs = [subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True,
+                                       env={**common, "RANK": str(rank), "LOCAL_RANK": str(rank)})
+                      for rank in range(count)]
+        self.lines: list[list[str]] = [[] for _ in self.procs]
+        self.arrived = threading.Condition()
+        self.readers = [threading.Thread(target=self._read, args=(rank,), daemon=True) for rank in range(count)]
+        for reader in self.readers:
+            reader.start()
 
-def finish_ranks(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
-    """(exit code, output) of each rank; all are killed if one outlives TIMEOUT."""
-    results = []
-    try:
-        for proc in procs:
-            output, _ = proc.communicate(timeout=TIMEOUT)
-            results.append((proc.returncode, output))
-    finally:
-        for proc in procs:
-            proc.kill()
-    return results
+    def _read(self, rank: int) -> None:
+        for line in self.procs[rank].stdout:
+            with self.arrived:
+                self.lines[rank].append(line)
+                self.arrived.notify_all()
+
+    def output(self, rank: int) -> str:
+        with self.arrived:
+            return "".join(self.lines[rank])
+
+    def wait_for(self, rank: int, pattern: str) -> None:
+        """Until `rank` has printed a line matching `pattern`."""
+        with self.arrived:
+            seen = self.arrived.wait_for(lambda: any(re.search(pattern, line) for line in self.lines[rank]), TIMEOUT)
+        assert seen, f"rank {rank} never printed {pattern!r}:\n{self.output(rank)[-3000:]}"
+
+    def finish(self) -> list[tuple[int, str]]:
+        """(exit code, output) of each rank. A rank still running after TIMEOUT fails the test with
+        every rank's output, a hung one's ending with its threads' stacks (faulthandler's, on SIGABRT)."""
+        try:
+            for proc in self.procs:
+                proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGABRT)
+                proc.wait(timeout=60)
+        for reader in self.readers:
+            reader.join(timeout=60)
+        hung = [rank for rank, proc in enumerate(self.procs) if proc.returncode in (-signal.SIGABRT, None)]
+        assert not hung, f"rank(s) {hung} hung:\n" + "\n".join(
+            f"--- rank {rank}:\n{self.output(rank)[-4000:]}" for rank in range(len(self.procs)))
+        return [(proc.returncode, self.output(rank)) for rank, proc in enumerate(self.procs)]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +117,8 @@ def two_ranks(tmp_path_factory, data_dir) -> tuple[list[dict], str, list[str]]:
                                                   "output_dir": root / "models"})))
     out = root / "out"
     out.mkdir()
-    results = finish_ranks(start_ranks(["-m", "tests.ddp_scenarios", str(out), *configs], REPO,
-                                       {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}))
+    results = Ranks(["-m", "tests.ddp_scenarios", str(out), *configs], REPO,
+                    {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}).finish()
     for code, output in results:
         assert code == 0, output[-3000:]
     return [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)], results[0][1], configs
@@ -127,23 +157,11 @@ def test_ctrl_c_on_one_rank_stops_both_with_a_checkpoint_that_resumes(tmp_path):
     write_png_dataset(tmp_path / "data", np.random.default_rng(0).integers(0, 4, (64, 6)))
     write_config(tmp_path / "config" / "config.ini", tmp_path / "data",
                  Training={"n_epochs": 3, "batch_size": 4})
-    procs = start_ranks([str(REPO / "main.py"), "--mode", "train"], tmp_path)
-    first_epoch, lines = threading.Event(), []
-
-    def read_rank0() -> None:
-        for line in procs[0].stdout:
-            lines.append(line)
-            if re.search(r"epoch 1/3 ", line):
-                first_epoch.set()
-
-    reader = threading.Thread(target=read_rank0, daemon=True)
-    reader.start()
-    assert first_epoch.wait(TIMEOUT), "".join(lines)[-3000:]
-    procs[1].send_signal(signal.SIGINT)
-    (code1, output1), = finish_ranks(procs[1:])
-    reader.join(TIMEOUT)
-    assert procs[0].wait(TIMEOUT) == 130 and code1 == 130, "".join(lines)[-3000:] + output1[-3000:]
-    output0 = "".join(lines)
+    ranks = Ranks([str(REPO / "main.py"), "--mode", "train"], tmp_path)
+    ranks.wait_for(0, r"epoch 1/3 ")
+    ranks.procs[1].send_signal(signal.SIGINT)
+    (code0, output0), (code1, output1) = ranks.finish()
+    assert code0 == code1 == 130, output0[-3000:] + output1[-3000:]
     assert "Traceback" not in output0 + output1
     (run_dir,) = (tmp_path / "models").iterdir()
     state = read_checkpoint(run_dir / "last_model.pth")
