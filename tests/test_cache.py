@@ -38,6 +38,29 @@ def decode_gated(path: Path, settings: CacheSettings):
     return decode_image(path, dataclasses.replace(settings, decoder="image"))
 
 
+def start_gated_build(tmp_path: Path, paths: list[Path], gate: Path, **popen) -> subprocess.Popen:
+    """build_cache of `paths` with the GATED decoder into tmp_path/cache, in a child process that waits at
+    file `gate` on the fifo tmp_path/gate (made by the first call) and prints how many images it decoded."""
+    fifo, listing = tmp_path / "gate", tmp_path / "paths.json"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+        listing.write_text(json.dumps([str(p) for p in paths]))
+    script = ("import json, sys; import tests.test_cache as t; from src.data.cache import build_cache; "
+              "print('decoded', build_cache(json.load(open(sys.argv[1])), t.GATED, sys.argv[2], workers=1).decoded)")
+    return subprocess.Popen([sys.executable, "-c", script, str(listing), str(tmp_path / "cache")], cwd=REPO,
+                            env={**os.environ, GATE_ENV: f"{gate.name}:{fifo}", "PYTHONPATH": str(REPO)}, **popen)
+
+
+def release_if_gone(builder: subprocess.Popen, fifo: Path) -> None:
+    """Open the fifo's other end once `builder` exits: one that dies before its gate must not leave the
+    test's open of the fifo waiting."""
+    def release() -> None:
+        builder.wait()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release, daemon=True).start()
+
+
 def png_paths(root: Path, count: int, seed: int = 0) -> list[Path]:
     labels = write_png_dataset(root, np.random.default_rng(seed).integers(0, 4, (count, 6)), size=16, seed=seed)
     return sorted((labels.parent / "images").glob("*.png"))
@@ -88,20 +111,9 @@ def test_a_build_killed_halfway_keeps_its_finished_shards_and_resumes(tmp_path):
     per_shard = shard_images(len(paths), GATED)
     gate = paths[per_shard + per_shard // 2]  # in the middle of the second shard
     reference = build_cache(paths, SETTINGS, tmp_path / "reference", workers=1)
+    builder = start_gated_build(tmp_path, paths, gate)
     fifo = tmp_path / "gate"
-    os.mkfifo(fifo)
-    listing = tmp_path / "paths.json"
-    listing.write_text(json.dumps([str(p) for p in paths]))
-    script = ("import json, sys; import tests.test_cache as t; from src.data.cache import build_cache; "
-              "build_cache(json.load(open(sys.argv[1])), t.GATED, sys.argv[2], workers=1)")
-    builder = subprocess.Popen([sys.executable, "-c", script, str(listing), str(tmp_path / "cache")], cwd=REPO,
-                               env={**os.environ, GATE_ENV: f"{gate.name}:{fifo}", "PYTHONPATH": str(REPO)})
-
-    def release_if_gone() -> None:  # a builder that dies before the gate must not leave the open below waiting
-        builder.wait()
-        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
-
-    threading.Thread(target=release_if_gone, daemon=True).start()
+    release_if_gone(builder, fifo)
     with open(fifo, "wb"):  # returns once the builder has opened the other end: it is at the gate
         assert builder.poll() is None, f"the builder exited ({builder.returncode}) before reaching {gate.name}"
         builder.send_signal(signal.SIGKILL)
@@ -169,3 +181,42 @@ def test_check_shard_jobs_prebuild_disjoint_parts_then_check_reuses_them(tmp_pat
     assert result.returncode == 0 and "(0 decoded now, 40 reused;" in result.stdout, result.stdout
     bad = run_main("--mode", "check", "--shard", "3/2", cwd=tmp_path)
     assert bad.returncode == 2 and "'3/2' is not K/N with 1 <= K <= N" in bad.stderr
+
+
+def test_processes_of_one_machine_take_turns_one_decodes_while_the_other_waits(tmp_path):
+    """Two ranks of a node building one cache: the first decodes everything (with a pool of the node's
+    cores when worthwhile) while the second waits for it, then finds every image there. Held at a gate
+    in its first image, the first builder has taken no shard but the first, so a second builder that
+    did not wait would decode the other shards itself."""
+    paths = png_paths(tmp_path / "data", 48)
+    assert len(paths) // shard_images(len(paths), GATED) == 3
+
+    def builder() -> subprocess.Popen:
+        return start_gated_build(tmp_path, paths, paths[0], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first, fifo = builder(), tmp_path / "gate"
+    release_if_gone(first, fifo)
+    second, seen = None, []
+    try:
+        with open(fifo, "wb"):  # returns once the first builder is at the gate, its turn taken
+            assert first.poll() is None, f"the first builder exited ({first.returncode}) before the gate"
+            second = builder()
+
+            def watch() -> None:
+                seen.append(next((line for line in second.stderr if "waiting for it" in line), ""))
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            watcher.join(timeout=120)  # a bound, not a moment: the line comes as soon as it waits
+            assert seen and seen[0], "the second builder did not wait for the first"
+        # The gate is open: the first finishes, then the second, which finds the images decoded.
+        outputs = [proc.communicate(timeout=120)[0] for proc in (first, second)]
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert [proc.returncode for proc in (first, second)] == [0, 0]
+    assert [out.split()[-1] for out in outputs] == [str(len(paths)), "0"]
+    assert "on this machine is decoding images into this cache" in seen[0]
+    np.testing.assert_array_equal(build_cache(paths, SETTINGS, tmp_path / "reference", workers=1).images,
+                                  build_cache(paths, GATED, tmp_path / "cache", workers=1).images)

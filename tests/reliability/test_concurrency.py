@@ -10,6 +10,7 @@ import numpy as np
 
 from src.config.schema import DataConfig
 from src.data.cache import CacheSettings, build_cache
+from src.data.cache.store import machine_lock
 from src.utils.run_dir import create_run_dir
 from tests.conftest import write_png_dataset
 
@@ -63,5 +64,6 @@ def test_two_processes_building_one_cache_decode_each_image_once_and_agree(tmp_p
         assert failures == {}
     store = next(cache_dir.iterdir())
     shards = sorted(p.stem for p in store.glob("*.json"))
+    machine = Path(machine_lock(store).lock_file).name  # the lock of this machine's turn to decode
     assert len(shards) == 3 and sorted(p.name for p in store.iterdir()) == sorted(
-        f"{name}.{ext}" for name in shards for ext in ("json", "lock", "npy"))
+        [f"{name}.{ext}" for name in shards for ext in ("json", "lock", "npy")] + [machine])

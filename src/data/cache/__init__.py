@@ -9,7 +9,9 @@ Invariants:
   shards. A killed build leaves its finished shards, and a rerun decodes only the rest.
 - Processes building one store at once (DDP ranks, hyperopt workers, sweep agents, N jobs on a
   shared filesystem) plan the same shards and each takes those whose lock it gets: every image is
-  decoded once between them (see build.py).
+  decoded once between them (see build.py). On one machine they decode in turn: the first to find
+  work decodes it with a pool of the machine's cores, the others wait for it and find nothing left,
+  so N ranks of a node never start N pools of all its cores.
 - Shards are .npy arrays, written through a memory map; reading copies each image straight from
   its file (pread), so resident memory does not grow with N however many images an epoch reads.
 - Caches of an older format are removed, and their images decoded again into this one.

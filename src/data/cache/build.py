@@ -7,6 +7,11 @@ lock frees itself) and writes any shard still incomplete. So N processes (DDP ra
 workers, sweep agents) decode each image once between them, and a rerun after a kill decodes
 only the shards that were not finished. `part=(K, N)` takes chunks K, K + N, ... only: N jobs
 given the same list prebuild disjoint parts.
+
+The processes of one machine take turns (its machine lock in the store): one decodes, with a pool
+of every core when worthwhile, while the others wait and then plan again, finding what it decoded.
+Eight ranks of a node thus start one pool of its cores, not eight; machines sharing the store over a
+network filesystem still share its shards out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from filelock import Timeout
 from tqdm import tqdm
 
 from src.data.cache.keys import CacheSettings, Decoded, decoder_of
-from src.data.cache.store import Index, is_complete, read_index, shard_lock, shard_name, write_shard
+from src.data.cache.store import Index, is_complete, machine_lock, read_index, shard_lock, shard_name, write_shard
+from src.utils.logging import logger
 
 SHARD_BYTES = 64 * 2**20
 MAX_SHARD_IMAGES = 1024
@@ -90,18 +96,38 @@ class _Decoder:
             self.serial_count, self.left = self.serial_count + 1, self.left - 1
 
 
+def _wait_for_turn(store: Path, stack: ExitStack) -> bool:
+    """Hold this machine's lock on `store` until `stack` closes; whether another process had it first."""
+    lock = machine_lock(store)
+    try:
+        lock.acquire(timeout=0)
+        waited = False
+    except Timeout:
+        logger.info(f"{store}: another process on this machine is decoding images into this cache; waiting for it")
+        lock.acquire()
+        waited = True
+    stack.callback(lock.release)
+    return waited
+
+
 def fill_store(store: Path, paths: Sequence[Path], keys: np.ndarray, settings: CacheSettings,
                workers: int | None = None, part: tuple[int, int] | None = None) -> int:
     """Write the shards `paths` (with entry `keys`) need, or only part K of N; how many images this
     process decoded."""
-    plan = plan_shards(keys, read_index(store), settings)
-    if part is not None:
-        plan = [shard for shard in plan if shard.chunk % part[1] == part[0]]
+    def planned() -> list[Shard]:
+        plan = plan_shards(keys, read_index(store), settings)
+        return plan if part is None else [shard for shard in plan if shard.chunk % part[1] == part[0]]
+
+    plan = planned()
     if not plan:
         return 0
-    total = sum(len(shard.rows) for shard in plan)
-    decoded, waiting = 0, []
     with ExitStack() as stack:
+        if _wait_for_turn(store, stack):  # another process of this machine decoded meanwhile
+            plan = planned()
+            if not plan:
+                return 0
+        total = sum(len(shard.rows) for shard in plan)
+        decoded, waiting = 0, []
         bar = stack.enter_context(tqdm(total=total, desc="Decoding images into the cache", unit="img", leave=False))
         decode = _Decoder(settings, workers, total, stack)
 

@@ -1,4 +1,5 @@
-"""The files of one store: shards of decoded images, each with a manifest and a lock, and the index.
+"""The files of one store: shards of decoded images, each with a manifest and a lock, the index, and
+a lock per machine that decodes into it.
 
 A shard is `<name>.npy` ([n, size, size] images) plus `<name>.json` (version, settings, the key,
 original shape and any failure of each slot). The manifest is renamed into place after the array,
@@ -12,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +40,11 @@ def shard_name(keys: np.ndarray) -> str:
 def shard_lock(store: Path, name: str) -> FileLock:
     # fcntl/flock locks, which Linux's NFS client also takes on the server: safe on shared filesystems.
     return FileLock(store / f"{name}.lock")
+
+
+def machine_lock(store: Path) -> FileLock:
+    """Held by the one process of this machine decoding into `store` (see build.py)."""
+    return FileLock(store / f"machine-{socket.gethostname()}.lock")
 
 
 def is_complete(store: Path, name: str) -> bool:
