@@ -89,6 +89,8 @@ def child_epoch(listing: str, count: str, cache_dir: str) -> dict:
     from src.config.loader import apply_overrides, load_config
     from src.data.cache import build_cache
     from src.data.dataset import CSIDataset, make_loader
+    from src.data.prepare import BatchPreparer
+    from src.data.preprocess import Normalization
     from src.engine.settings import LoopSettings, place_model
     from src.models.factory import build_model
     from src.training.loop import train_epoch
@@ -101,7 +103,7 @@ def child_epoch(listing: str, count: str, cache_dir: str) -> dict:
     labels = np.random.default_rng(0).integers(0, 5, (len(paths), 6))
     cfg = apply_overrides(load_config(None, env={}), {"Model.pretrained": False, "Model.model_arch": "custom_cnn",
                                                       "Data.image_size": SIDE})
-    dataset = CSIDataset(cache.images, np.arange(len(paths)), labels, [""] * len(paths), 0.5, 0.25)
+    dataset = CSIDataset(cache.images, np.arange(len(paths)), labels, [""] * len(paths))
     loader = TimedLoader(make_loader(dataset, 64, shuffle=True))
     cpu = torch.device("cpu")
     loop = LoopSettings(progress=False)  # fp32, as precision = auto picks on this CPU (see precision)
@@ -109,7 +111,8 @@ def child_epoch(listing: str, count: str, cache_dir: str) -> dict:
     model = place_model(build_model(cfg), cpu, loop)
     optimizer = create_optimizer(model, cfg)
     started = time.perf_counter()
-    train_epoch(model, loader, WeightedCSILoss(), optimizer, cpu, 1, loop)
+    train_epoch(model, loader, WeightedCSILoss(), optimizer, cpu, 1, loop,
+                prepare=BatchPreparer(Normalization(0.5, 0.25)))
     return {"seconds": time.perf_counter() - started, "wait": loader.wait, "steps": len(loader)}
 
 

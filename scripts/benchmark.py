@@ -231,7 +231,8 @@ def data_pipeline(bench: Bench) -> Section:
 
     from src.data.cache import CacheSettings, build_cache
     from src.data.dataset import CSIDataset, make_loader
-    from src.data.preprocess import resize, scale_intensity
+    from src.data.prepare import BatchPreparer
+    from src.data.preprocess import Normalization, resize, scale_intensity
     from src.data.readers import read_image
     from src.engine.settings import LoopSettings, place_model
     from src.models.factory import build_model
@@ -242,7 +243,8 @@ def data_pipeline(bench: Bench) -> Section:
     side, size, count, batch = bench.size(1024, 64), bench.size(128, 32), bench.size(64, 8), bench.size(32, 4)
     cfg = base_config(**{"Model.model_arch": "custom_cnn", "Data.image_size": size, "Training.batch_size": batch})
     settings = CacheSettings.from_config(cfg.data)
-    mean, std = 0.5, 0.25
+    normalization = Normalization(0.5, 0.25)
+    prepare = BatchPreparer(normalization)
     cpu = torch.device("cpu")
     loop = dataclasses.replace(LoopSettings.from_config(cfg, cpu), progress=False)
     model = place_model(build_model(cfg), cpu, loop)
@@ -261,22 +263,22 @@ def data_pipeline(bench: Bench) -> Section:
         def __getitem__(self, i: int):
             image = resize(scale_intensity(read_image(self.paths[i]), settings.clip_low_percentile,
                                            settings.clip_high_percentile), size, settings.resize_mode)
-            return (torch.tensor(image).unsqueeze(0) - mean) / std, labels[i], str(i)
+            return normalization(torch.tensor(image).unsqueeze(0)), labels[i], str(i)
 
     rows, notes, sources = [], [], {}
     for kind, label in (("png", "16-bit PNG"), ("dcm", "DICOM (16-bit, uncompressed)")):
         paths = write_radiographs(bench.demo, bench.scratch / "data" / kind, count, side, kind)
         sources[kind] = paths
         cache = build_cache(paths, settings, bench.scratch / "data" / "cache")
-        cached = make_loader(CSIDataset(cache.images, np.arange(count), labels.numpy(), [str(i) for i in range(count)],
-                                        mean, std), batch, shuffle=True)
+        cached = make_loader(CSIDataset(cache.images, np.arange(count), labels.numpy(), [str(i) for i in range(count)]),
+                             batch, shuffle=True)
         raw = DataLoader(RawFiles(paths), batch_size=batch, shuffle=True)
         waits: dict[str, list[float]] = {"raw": [], "cache": []}
 
         def epoch(name: str, loader, waits: dict = waits) -> float:
             timed = TimedLoader(loader)
             started = time.perf_counter()
-            train_epoch(model, timed, criterion, optimizer, cpu, 1, loop)
+            train_epoch(model, timed, criterion, optimizer, cpu, 1, loop, prepare=prepare)
             elapsed = time.perf_counter() - started
             waits[name].append(timed.wait / elapsed)
             return elapsed
@@ -297,6 +299,16 @@ def data_pipeline(bench: Bench) -> Section:
                         Target("ratio", "<", 0.05, "wait < 5% of the step")))
         notes.append(f"{label}: the raw loader spends a median {statistics.median(waits['raw']):.0%} of its epoch "
                      "waiting for decoded batches.")
+        if kind == "png":
+            stored, targets, _ = next(iter(cached))
+            model_input, _ = prepare(stored, targets, cpu)
+            rows.append(Row(f"bytes of a batch on its way to the device, batch {batch} of {size} px "
+                            f"{settings.dtype} images",
+                            Measure("the model's input (normalised float32, as batches left the loader before)",
+                                    [model_input.nbytes / 1024], "KiB"),
+                            Measure("as the cache stores them (what the loader yields)",
+                                    [sum(part.nbytes for part in stored if part is not None) / 1024], "KiB"),
+                            Target("ratio", "<=", 0.5, "half the bytes or fewer")))
 
     paths = sources["png"] + sources["dcm"]
     builds = iter(range(10**6))
@@ -311,7 +323,7 @@ def data_pipeline(bench: Bench) -> Section:
     rows.append(Row(f"cache build, {len(paths)} {side}² PNG + DICOM -> {size} px",
                     Measure("1 process", rates["1"], "img/s"), Measure("2 processes", rates["2"], "img/s")))
     notes.append("The cache build's ratio is the parallel speed-up; it includes starting the worker processes.")
-    notes.append("The raw loader runs in the main process (num_workers = 0, the [Training] default) like the cached "
+    notes.append("The raw loader runs in the main process (num_workers = auto is 0 on a CPU) like the cached "
                  "one; on 2 cores, decoding workers would take the cores the training step uses.")
     return Section("Data pipeline", rows, notes)
 

@@ -1,4 +1,5 @@
-"""BatchAugmenter: per-image random transforms of normalised training batches, flips with mirrored labels."""
+"""BatchAugmenter: per-image random transforms of training batches (0..1 intensities, before normalisation),
+flips with mirrored labels, and draws keyed by seed, rank, epoch and batch."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from src.config.schema import AugmentationConfig
 from src.data.augment import BatchAugmenter
 from src.data.zones import ZONES
 
-MEAN, STD = 0.4, 0.2
-BLACK, WHITE = (0 - MEAN) / STD, (1 - MEAN) / STD
+BLACK, WHITE = 0.0, 1.0  # the augmenter works on intensities, before the normalisation
 ALL_ON = dict(rotation_degrees=10, scale=0.1, translate=0.1, brightness=0.2, contrast=0.2, gamma=0.2,
               noise_std=0.05, erasing_probability=0.5, horizontal_flip=0.5)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True)
+def _same_inputs_every_run():
+    """The test images come from torch's global generator, which starts from a random seed."""
+    torch.manual_seed(0)
 
 
 def config(**strengths: float) -> AugmentationConfig:
@@ -26,20 +32,15 @@ def config(**strengths: float) -> AugmentationConfig:
 
 def augment(aug: AugmentationConfig, images: torch.Tensor, targets: torch.Tensor | None = None,
             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
     targets = torch.zeros(len(images), 6, dtype=torch.long) if targets is None else targets
-    return BatchAugmenter(aug, MEAN, STD)(images, targets)
-
-
-def normalise(x: torch.Tensor) -> torch.Tensor:
-    return (x - MEAN) / STD
+    return BatchAugmenter(aug, seed)(images, targets)
 
 
 def blobs(batch: int, shape: tuple[int, int], row: float, col: float) -> torch.Tensor:
-    """Normalised black images with a bright Gaussian blob (sigma 1.5 px) centred at (row, col)."""
+    """Black images with a bright Gaussian blob (sigma 1.5 px) centred at (row, col)."""
     r, c = torch.arange(shape[0])[:, None], torch.arange(shape[1])[None, :]
     blob = torch.exp(-((r - row) ** 2 + (c - col) ** 2) / (2 * 1.5 ** 2))
-    return normalise(blob).expand(batch, 1, *shape).clone()
+    return blob.expand(batch, 1, *shape).clone()
 
 
 def centroids(images: torch.Tensor) -> torch.Tensor:
@@ -61,7 +62,7 @@ def assert_spans(values: torch.Tensor, low: float, high: float, tolerance: float
 def test_disabled_or_zero_strength_is_identity_and_draws_no_random_numbers(aug):
     images, targets = torch.randn(4, 1, 16, 16), torch.randint(0, 5, (4, 6))
     state = torch.get_rng_state()
-    out_images, out_targets = BatchAugmenter(aug, MEAN, STD)(images, targets)
+    out_images, out_targets = BatchAugmenter(aug)(images, targets)
     assert out_images is images and out_targets is targets
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -70,7 +71,7 @@ def test_disabled_or_zero_strength_is_identity_and_draws_no_random_numbers(aug):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_output_keeps_shape_dtype_device_and_strides_and_leaves_the_input_alone(device, dtype, memory_format):
-    images = normalise(torch.rand(4, 1, 20, 24)).to(device, dtype, memory_format=memory_format)
+    images = torch.rand(4, 1, 20, 24).to(device, dtype, memory_format=memory_format)
     targets = torch.randint(0, 5, (4, 6), device=device)
     before = images.clone()
     out, out_targets = augment(AugmentationConfig(**ALL_ON), images, targets)
@@ -80,24 +81,41 @@ def test_output_keeps_shape_dtype_device_and_strides_and_leaves_the_input_alone(
     assert torch.equal(images, before) and not torch.equal(out, images)
 
 
-def test_same_seed_same_batch_and_random_draws_do_not_depend_on_what_fires():
-    images, targets = normalise(torch.rand(8, 1, 24, 24)), torch.randint(0, 5, (8, 6))
+def test_same_seed_same_batch_and_the_global_generator_is_never_drawn_from():
+    images, targets = torch.rand(8, 1, 24, 24), torch.randint(0, 5, (8, 6))
     aug = AugmentationConfig(**ALL_ON)
     first, second = augment(aug, images, targets), augment(aug, images, targets)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.equal(first[0], augment(aug, images, targets, seed=1)[0])
-    # Training checkpoints the global RNG: its position after a batch must not depend on the config.
-    states = []
+    # Initialisation and dropout draw from the global generator: augmentation leaves it where it was.
+    state = torch.get_rng_state()
     for other in (aug, config(brightness=0.1), config(erasing_probability=1.0)):
         augment(other, images, targets)
-        states.append(torch.get_rng_state())
-    assert all(torch.equal(state, states[0]) for state in states)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_ranks_draw_their_own_augmentations_each_reproducible_and_resumable_inside_an_epoch():
+    images, targets = torch.rand(8, 1, 24, 24), torch.randint(0, 5, (8, 6))
+    aug = AugmentationConfig(**ALL_ON)
+
+    def epoch(rank: int, number: int = 1, first_batch: int = 0, batches: int = 3) -> list[torch.Tensor]:
+        augmenter = BatchAugmenter(aug, seed=7, rank=rank)
+        augmenter.set_epoch(number, first_batch)
+        return [augmenter(images, targets)[0] for _ in range(batches)]
+
+    rank0, rank1 = epoch(0), epoch(1)
+    assert not any(torch.allclose(a, b, atol=1e-3) for a, b in zip(rank0, rank1))  # same seed, other rank
+    assert all(torch.equal(a, b) for a, b in zip(rank0, epoch(0)))  # the same run again
+    assert all(torch.equal(a, b) for a, b in zip(rank1, epoch(1)))
+    assert torch.equal(epoch(0, first_batch=2, batches=1)[0], rank0[2])  # resumed after two batches
+    assert not torch.allclose(rank0[0], rank0[1], atol=1e-3)  # each batch its own draws
+    assert not torch.allclose(epoch(0, number=2, batches=1)[0], rank0[0], atol=1e-3)  # and each epoch
 
 
 @pytest.mark.parametrize("strength", ["rotation_degrees", "scale", "translate", "brightness", "contrast",
                                       "gamma", "noise_std"])
 def test_every_image_of_a_batch_gets_its_own_parameters(strength):
-    images = normalise(0.2 + 0.6 * torch.rand(1, 1, 24, 24)).expand(8, 1, 24, 24).clone()
+    images = (0.2 + 0.6 * torch.rand(1, 1, 24, 24)).expand(8, 1, 24, 24).clone()
     out, _ = augment(config(**{strength: ALL_ON[strength]}), images)
     for i in range(len(out)):
         for j in range(i):
@@ -115,7 +133,7 @@ def test_flip_moves_the_patient_right_lung_blob_to_image_right_and_mirrors_every
     band = slice(level * size // 3, (level + 1) * size // 3)
     pixels = torch.zeros(1, 1, size, size)
     pixels[..., band, 2:9] = 1.0  # image left = patient's right
-    images = normalise(pixels)
+    images = pixels
     name = ("sup", "mid", "inf")[level]
     right, left = ZONES.index(f"right_{name}"), ZONES.index(f"left_{name}")
     targets = torch.tensor([[0, 1, 2, 3, 4, 0]])
@@ -132,7 +150,7 @@ def test_labels_are_mirrored_exactly_for_the_flipped_images_of_a_batch():
     pixels = torch.zeros(32, 1, 12, 12)
     pixels[..., :4, :3] = 1.0
     targets = torch.tensor([0, 1, 2, 3, 4, 0]).repeat(32, 1)
-    out, out_targets = augment(config(horizontal_flip=0.5), normalise(pixels), targets)
+    out, out_targets = augment(config(horizontal_flip=0.5), pixels, targets)
     flipped = out[:, 0, :4, -3:].mean((1, 2)) > 0
     assert 0 < int(flipped.sum()) < 32
     assert torch.equal(out_targets[flipped], torch.tensor([1, 0, 3, 2, 0, 4]).repeat(int(flipped.sum()), 1))
@@ -142,7 +160,7 @@ def test_labels_are_mirrored_exactly_for_the_flipped_images_of_a_batch():
 def test_labels_are_untouched_without_flip():
     targets = torch.randint(0, 5, (16, 6))
     _, out_targets = augment(AugmentationConfig(**{**ALL_ON, "horizontal_flip": 0.0}),
-                             normalise(torch.rand(16, 1, 16, 16)), targets)
+                             torch.rand(16, 1, 16, 16), targets)
     assert torch.equal(out_targets, targets)
 
 
@@ -184,8 +202,8 @@ def test_a_centred_dot_stays_within_the_translation_radius_under_every_geometric
     assert distance.max() <= math.sqrt(2) * 0.1 * SQUARE[1] + 0.1
 
 
-def test_strong_intensity_changes_stay_within_the_normalised_black_to_white_range():
-    images = normalise(torch.rand(32, 1, 16, 16))
+def test_strong_intensity_changes_stay_within_the_black_to_white_range():
+    images = torch.rand(32, 1, 16, 16)
     out, _ = augment(config(brightness=1.0, contrast=1.0, gamma=0.9, noise_std=0.5), images)
     assert out.min() >= BLACK - 1e-5 and out.max() <= WHITE + 1e-5
     assert torch.isclose(out.min(), torch.tensor(BLACK), atol=1e-5)  # values were clamped, not rescaled
@@ -193,17 +211,17 @@ def test_strong_intensity_changes_stay_within_the_normalised_black_to_white_rang
 
 
 def test_brightness_contrast_gamma_and_noise_act_within_their_strengths_in_0_1_intensity():
-    grey = normalise(torch.full((64, 1, 16, 16), 0.5))
+    grey = torch.full((64, 1, 16, 16), 0.5)
     two_tone = grey.clone()
-    two_tone[..., ::2] = normalise(torch.tensor(0.4))
-    two_tone[..., 1::2] = normalise(torch.tensor(0.6))
+    two_tone[..., ::2] = 0.4
+    two_tone[..., 1::2] = 0.6
 
     def intensity(aug: AugmentationConfig, images: torch.Tensor) -> torch.Tensor:
-        return augment(aug, images)[0] * STD + MEAN
+        return augment(aug, images)[0]
 
     assert_spans(intensity(config(brightness=0.2), grey).mean((1, 2, 3)) - 0.5, -0.2, 0.2)
     contrast = intensity(config(contrast=0.3), two_tone)
-    assert_spans(contrast.std((1, 2, 3)) / two_tone.mul(STD).std((1, 2, 3)), 0.7, 1.3)
+    assert_spans(contrast.std((1, 2, 3)) / two_tone.std((1, 2, 3)), 0.7, 1.3)
     assert torch.allclose(contrast.mean((1, 2, 3)), torch.full((64,), 0.5), atol=1e-5)
     assert_spans(intensity(config(gamma=0.5), grey).mean((1, 2, 3)).log() / math.log(0.5), 0.5, 1.5)
     noise = intensity(config(noise_std=0.05), grey) - 0.5
@@ -211,7 +229,7 @@ def test_brightness_contrast_gamma_and_noise_act_within_their_strengths_in_0_1_i
 
 
 def test_erasing_hits_about_the_configured_share_of_images_with_one_mean_filled_rectangle():
-    images = normalise(0.2 + 0.6 * torch.rand(400, 1, 32, 32))
+    images = 0.2 + 0.6 * torch.rand(400, 1, 32, 32)
     out, _ = augment(config(erasing_probability=0.3), images)
     changed = ~torch.isclose(out, images, atol=1e-5)[:, 0]
     erased = changed.flatten(1).any(1)

@@ -70,11 +70,12 @@ def test_parallel_build_matches_serial(tmp_path):
 
 
 def test_dataset_items(tiny_dataset, tmp_path):
-    bundle = load_data(config_for(tmp_path, tiny_dataset, normalization="simple"))
+    bundle = load_data(config_for(tmp_path, tiny_dataset))
     train = bundle.dataset("train")
-    image, labels, file_id = train[0]
-    assert image.shape == (1, 32, 32) and image.dtype == torch.float32
-    assert -1.0 <= image.min() and image.max() <= 1.0  # simple: (x - 0.5) / 0.5
+    (image, zones), labels, file_id = train[0]
+    # As the cache stores it: not normalised, no mask channels without [Data] mask_dir.
+    assert image.shape == (32, 32) and image.dtype == torch.uint16 and zones is None
+    np.testing.assert_array_equal(image.numpy(), bundle.cache.images[train.cache_rows[0]])
     assert labels.dtype == torch.long and labels.shape == (6,)
     row = bundle.table.set_index("FileID").loc[file_id]
     assert labels.tolist() == [int(row[z]) for z in ("right_sup", "left_sup", "right_mid", "left_mid",
@@ -89,9 +90,9 @@ def test_loader_batches_are_the_stacked_items(tiny_dataset, tmp_path):
     train = bundle.dataset("train")
     loader = make_loader(train, batch_size=4, shuffle=True, seed=3)
     loader.batch_sampler.set_epoch(1)
-    for order, (images, labels, file_ids) in zip(loader.batch_sampler, loader):
+    for order, ((images, zones), labels, file_ids) in zip(loader.batch_sampler, loader):
         items = [train[i] for i in order]
-        assert torch.equal(images, torch.stack([item[0] for item in items]))
+        assert zones is None and torch.equal(images, torch.stack([item[0].images for item in items]))
         assert torch.equal(labels, torch.stack([item[1] for item in items]))
         assert file_ids == [item[2] for item in items]
 

@@ -11,6 +11,8 @@ import torch
 from src.config.loader import apply_overrides
 from src.config.schema import Config
 from src.data.dataset import CSIDataset, make_loader
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.data.zones import ZONES
 from src.engine.settings import LoopSettings
 from src.evaluation.saliency import grid_misalignment, saliency_rows, zone_cams
@@ -19,6 +21,7 @@ from src.models.heads import GRID, ZONE_CELLS
 from src.training.loop import train_epoch
 
 SIZE = 160  # custom_cnn's output stride is 32: a 5x5 map, fine enough for 53 x 80 px zone cells
+PREPARE = BatchPreparer(Normalization(0.5, 0.25))
 
 
 def one_zone_images(zones: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -40,7 +43,7 @@ def one_zone_dataset(n: int, seed: int) -> CSIDataset:
     zones = np.arange(n) % len(ZONES)
     labels = np.zeros((n, len(ZONES)), dtype=np.int64)
     labels[np.arange(n), zones] = 3
-    return CSIDataset(one_zone_images(zones, rng), np.arange(n), labels, [str(i) for i in range(n)], 0.5, 0.25)
+    return CSIDataset(one_zone_images(zones, rng), np.arange(n), labels, [str(i) for i in range(n)])
 
 
 def own_cell_share(cam: np.ndarray, zone: str) -> float:
@@ -65,10 +68,11 @@ def test_each_zone_map_puts_most_of_its_mass_in_its_own_cell():
 
     for epoch in range(4):
         loader.batch_sampler.set_epoch(epoch)
-        train_epoch(model, loader, zone_loss, optimizer, torch.device("cpu"), epoch + 1, LoopSettings(progress=False))
+        train_epoch(model, loader, zone_loss, optimizer, torch.device("cpu"), epoch + 1, LoopSettings(progress=False),
+                    prepare=PREPARE)
 
     test = one_zone_dataset(12, seed=1)
-    images = torch.stack([test[i][0] for i in range(len(test))])
+    images, _ = PREPARE(*test.__getitems__(list(range(len(test))))[:2], torch.device("cpu"))
     model.eval()
     with torch.no_grad():
         predicted = model(images).argmax(-1).numpy()

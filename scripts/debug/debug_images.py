@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from src.config.loader import load_config  # noqa: E402
 from src.data.load import load_data  # noqa: E402
+from src.data.preprocess import Normalization  # noqa: E402
 from src.evaluation.preview import write_preview  # noqa: E402
 from src.utils.errors import CSIError  # noqa: E402
 from src.utils.logging import logger, setup_logging  # noqa: E402
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         bundle = load_data(cfg)
-        path = write_preview(bundle, args.n, cfg.training.seed if args.seed is None else args.seed, args.output,
-                             str(cfg.data.labels_csv))
+        seed = cfg.training.seed if args.seed is None else args.seed
+        path = write_preview(bundle, Normalization.of(cfg.data), args.n, seed, args.output, str(cfg.data.labels_csv))
     except CSIError as exc:
         logger.error(str(exc))
         return 2

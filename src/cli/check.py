@@ -77,8 +77,9 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
         echo("\nSkipped (on_missing = skip)")
         echo(bundle.skipped.to_string(index=False))
     if options.get("preview"):
+        from src.data.preprocess import Normalization
         from src.evaluation.preview import write_preview  # imports torch (the dataset): only when asked
 
-        path = write_preview(bundle, options["preview"], cfg.training.seed, options.get("output") or "preview.png",
-                             str(cfg.data.labels_csv))
+        path = write_preview(bundle, Normalization.of(cfg.data), options["preview"], cfg.training.seed,
+                             options.get("output") or "preview.png", str(cfg.data.labels_csv))
         echo(f"\nPreview       {path}: {min(options['preview'], len(table))} images as the model receives them")

@@ -2,14 +2,20 @@
 
 torchvision.transforms.v2 draws one parameter set per call, so a batch would get one transform for
 all of its images; this module draws every image's parameters at once and applies them vectorised.
-All randomness comes from torch's global CPU generator, a fixed number of draws per batch size, so a
-seeded run is reproducible and resumes exactly from a saved `torch.get_rng_state()`.
+
+Randomness: batch b of epoch e on rank r draws from a generator on the batch's device seeded from
+([Training] seed, r, e, b). Ranks augment differently, a run is reproducible, a run resumed inside an
+epoch (`set_epoch(epoch, first_batch)`) draws exactly what the uninterrupted run drew, and there is
+no generator state to checkpoint beyond the epoch and batch the checkpoint holds. Every parameter is
+drawn and used on the device: the step never waits for a host-to-device copy. The global generators
+(initialisation, dropout) are never touched.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,46 +28,61 @@ N_UNIFORMS = 13  # per image: rotation, scale, shift x, shift y, flip, brightnes
 
 
 class BatchAugmenter:
-    """Augments normalised grey batches: `images, targets = augmenter(images, targets)`.
+    """Augments grey batches before normalisation: `images, targets = augmenter(images, targets)`.
 
-    `images` are [B, 1, H, W] holding (x - mean) / std with x in 0..1, or [B, 7, H, W] with the six
-    zone masks after it (src/data/dataset.py); `targets` LongTensor[B, 6]. One resampling applies
-    rotation, zoom, shift and horizontal flip to the image and its masks alike; a flip also mirrors
-    the zone labels and masks (the lung now on the image's left is the right lung's). Intensity
-    changes act on x and are clamped to 0..1; erasing fills a rectangle with the image mean; masks
-    keep their values. A disabled or all-zero config returns its inputs unchanged.
+    `images` are [B, 1, H, W] intensities in 0..1, or [B, 7, H, W] with the six zone masks after them
+    (src/data/prepare.py); `targets` LongTensor[B, 6]. One resampling applies rotation, zoom, shift and
+    horizontal flip to the image and its masks alike; a flip also mirrors the zone labels and masks
+    (the lung now on the image's left is the right lung's). Intensity changes are clamped to 0..1;
+    erasing fills a rectangle with the image mean; masks keep their values. The output has the
+    input's dtype and strides. A disabled or all-zero config returns its inputs unchanged.
     """
 
-    def __init__(self, aug: AugmentationConfig, mean: float, std: float) -> None:
-        self.aug, self.mean, self.std = aug, mean, std
+    def __init__(self, aug: AugmentationConfig, seed: int = 0, rank: int = 0) -> None:
+        self.aug, self.seed, self.rank = aug, seed, rank
         self.geometric = max(aug.rotation_degrees, aug.scale, aug.translate, aug.horizontal_flip) > 0
         self.intensity = max(aug.brightness, aug.contrast, aug.gamma, aug.noise_std) > 0
         self.active = aug.enabled and (self.geometric or self.intensity or aug.erasing_probability > 0)
+        self.epoch, self.batch = 0, 0
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def set_epoch(self, epoch: int, first_batch: int = 0) -> None:
+        """The next call augments batch `first_batch` of `epoch` (as EpochBatchSampler.set_epoch)."""
+        self.epoch, self.batch = epoch, first_batch
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        """The device's generator, seeded for the current batch (seeding a CUDA generator is a host-side act)."""
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device)
+        # SeedSequence mixes the four numbers, so neighbouring ranks and batches get unrelated streams.
+        words = np.random.SeedSequence([self.seed, self.rank, self.epoch, self.batch]).generate_state(2)
+        return self._generators[device].manual_seed(int(words[0]) << 32 | int(words[1]))
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.active:
             return images, targets
-        u = torch.rand(images.shape[0], N_UNIFORMS)
-        noise_seed = int(torch.randint(0, 2**62, (1,)))
+        device = images.device
+        generator = self._generator(device)
+        self.batch += 1
+        u = torch.rand(images.shape[0], N_UNIFORMS, generator=generator, device=device)
         signed = 2 * u - 1
-        # The image back in 0..1, where zero padding and clamping mean black; masks as they are.
-        x = torch.cat([images[:, :1].float().mul(self.std).add_(self.mean), images[:, 1:].float()], dim=1)
+        x = images.to(torch.float32, copy=True)  # worked on in place; zero padding and clamping mean black
         if self.geometric:
             flip = u[:, 4] < self.aug.horizontal_flip
             x = self._warp(x, signed[:, :4], flip)
             if self.aug.horizontal_flip > 0:
-                targets = torch.where(flip.to(targets.device)[:, None], mirror_zones(targets), targets)
+                targets = torch.where(flip[:, None], mirror_zones(targets), targets)
                 if x.shape[1] > 1:
-                    x[:, 1:] = torch.where(flip.to(x.device)[:, None, None, None], mirror_zones(x[:, 1:]), x[:, 1:])
+                    x[:, 1:] = torch.where(flip[:, None, None, None], mirror_zones(x[:, 1:]), x[:, 1:])
         image = x[:, :1]
         if self.intensity:
-            image = self._intensity(image, signed[:, 5:8], noise_seed)
+            image = self._intensity(image, signed[:, 5:8], generator)
         if self.aug.erasing_probability > 0:
             image = self._erase(image, u[:, 8:])
         # Writing into empty_like keeps the input's dtype and exact strides (e.g. channels_last).
         out = torch.empty_like(images)
-        out[:, :1] = image.sub_(self.mean).div_(self.std)
+        out[:, :1] = image
         out[:, 1:] = x[:, 1:]
         return out, targets
 
@@ -77,23 +98,21 @@ class BatchAugmenter:
         # coordinates normalised per axis so that non-square images rotate without shearing.
         linear = torch.stack([torch.stack([cos, sin * h / w], -1), torch.stack([-sin * w / h, cos], -1)], 1)
         linear[:, :, 0] *= torch.where(flip, -1.0, 1.0)[:, None]
-        theta = torch.cat([linear, -(linear @ shift[:, :, None])], 2).to(x.device)
+        theta = torch.cat([linear, -(linear @ shift[:, :, None])], 2)
         return F.grid_sample(x, _affine_grid(theta, h, w), mode="bilinear", padding_mode="zeros",
                              align_corners=False)
 
-    def _intensity(self, x: torch.Tensor, signed: torch.Tensor, noise_seed: int) -> torch.Tensor:
+    def _intensity(self, x: torch.Tensor, signed: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Brightness, contrast and gamma (signed: [B, 3] in -1..1), then noise; result in 0..1."""
-        aug, device = self.aug, x.device
-        strengths = signed * torch.tensor([aug.brightness, aug.contrast, aug.gamma])
-        brightness, contrast, gamma = strengths.to(device)[:, :, None, None, None].unbind(1)
+        aug = self.aug
+        brightness, contrast, gamma = (signed[:, k, None, None, None] * strength for k, strength in
+                                       enumerate((aug.brightness, aug.contrast, aug.gamma)))
         # Brightness then contrast about the image mean is one affine map per image.
         factor = 1 + contrast
         offset = (1 - factor) * x.mean(dim=(1, 2, 3), keepdim=True) + brightness
         x = x.mul_(factor).add_(offset).clamp_(0, 1).pow_(1 + gamma)
         if aug.noise_std > 0:
-            # A device generator seeded from the global RNG: no per-pixel draws on the CPU.
-            generator = torch.Generator(device).manual_seed(noise_seed)
-            x = x.add_(torch.randn(x.shape, generator=generator, device=device), alpha=aug.noise_std)
+            x = x.add_(torch.randn(x.shape, generator=generator, device=x.device), alpha=aug.noise_std)
         return x.clamp_(0, 1)
 
     def _erase(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -105,7 +124,7 @@ class BatchAugmenter:
         eh = torch.sqrt(area * aspect).round().clamp(1, h) * erase  # height 0: nothing erased
         ew = torch.sqrt(area / aspect).round().clamp(1, w)
         top, left = (u[:, 3] * (h - eh + 1)).floor(), (u[:, 4] * (w - ew + 1)).floor()
-        box = torch.stack([top, top + eh, left, left + ew], 1).to(x.device)[:, :, None]
+        box = torch.stack([top, top + eh, left, left + ew], 1)[:, :, None]
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         in_rows = (rows >= box[:, 0]) & (rows < box[:, 1])
         in_cols = (cols >= box[:, 2]) & (cols < box[:, 3])

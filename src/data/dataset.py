@@ -1,55 +1,59 @@
-"""torch Dataset over the decoded-image cache."""
+"""torch Dataset over the decoded-image cache: batches leave it as the cache stores them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from src.data.masks import ZoneMaps, one_hot_zones
-from src.data.preprocess import from_storage
+from src.data.masks import ZoneMaps
 from src.data.sampler import EpochBatchSampler
 
 
+class StoredBatch(NamedTuple):
+    """A batch's inputs as the cache stores them, on the host (in pinned memory when the loader pins):
+    what the loader yields, made into the model's input on the device by src/data/prepare.py. Integer
+    maps travel at 1-2 bytes a pixel instead of a normalised float32 image and six float32 masks."""
+
+    images: torch.Tensor  # [B, H, W] uint8 or uint16, as [Data] cache_dtype stores them
+    zones: torch.Tensor | None  # with lung masks: [B, H, W] uint8 zone maps (src/data/masks.py), else None
+
+
 class CSIDataset(Dataset):
-    """Items are (input FloatTensor[C, H, W], labels LongTensor[6], FileID).
+    """Items are (StoredBatch of one image [H, W], labels LongTensor[6], FileID); see __getitems__ for batches.
 
     Images come from the cache (`images`, [N, H, W] uint8/uint16): item i is cache row
-    `cache_rows[i]` with `labels[i]` and `file_ids[i]`. Nothing is decoded here. The input's first
-    channel is the normalised image; with `zones` (zone maps by cache row, src/data/masks.py) six more
-    follow, zone ZONES[k]'s 0/1 mask in channel k + 1 (see src/models/factory.py).
+    `cache_rows[i]` with `labels[i]` and `file_ids[i]`, and with `zones` (zone maps by cache row,
+    src/data/masks.py) its zone map. Nothing is decoded or normalised here.
     """
 
     def __init__(self, images: np.ndarray, cache_rows: Sequence[int], labels: np.ndarray,
-                 file_ids: Sequence[str], mean: float, std: float, zones: ZoneMaps | None = None) -> None:
+                 file_ids: Sequence[str], zones: ZoneMaps | None = None) -> None:
         self.images, self.zones = images, zones
         self.cache_rows = np.asarray(cache_rows, dtype=np.int64)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.file_ids = list(file_ids)
-        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.cache_rows)
 
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        return self._inputs(self.cache_rows[[item]])[0], self.labels[item], self.file_ids[item]
+    def __getitem__(self, item: int) -> tuple[StoredBatch, torch.Tensor, str]:
+        stored, labels, file_ids = self.__getitems__([item])
+        return StoredBatch(*(None if part is None else part[0] for part in stored)), labels[0], file_ids[0]
 
-    def _inputs(self, rows: np.ndarray) -> torch.Tensor:
-        pixels = torch.from_numpy(from_storage(np.asarray(self.images[rows])))
-        images = ((pixels - self.mean) / self.std).unsqueeze(1)
-        if self.zones is None:
-            return images
-        return torch.cat([images, torch.from_numpy(one_hot_zones(self.zones[rows]))], dim=1)
-
-    def __getitems__(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def __getitems__(self, items: list[int]) -> tuple[StoredBatch, torch.Tensor, list[str]]:
         """A whole batch, as collated: the DataLoader calls this instead of __getitem__ per item.
 
-        One gather from the cache and one normalisation per batch, instead of per image plus a collate, keeps
-        the loop's wait for the next batch a small part of a step. The values equal the stacked items.
+        One gather from the cache per batch, instead of per image plus a collate, keeps the loop's
+        wait for the next batch a small part of a step. The values equal the stacked items.
         """
-        return self._inputs(self.cache_rows[items]), self.labels[items], [self.file_ids[i] for i in items]
+        rows = self.cache_rows[items]
+        zones = None if self.zones is None else torch.from_numpy(self.zones[rows])
+        stored = StoredBatch(torch.from_numpy(np.asarray(self.images[rows])), zones)
+        return stored, self.labels[items], [self.file_ids[i] for i in items]
 
 
 def _batched(batch: tuple) -> tuple:

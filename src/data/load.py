@@ -17,7 +17,6 @@ from src.data.label_sources import read_label_table
 from src.data.labels import SPLITS
 from src.data.locate import locate_images
 from src.data.masks import ZoneMaps, build_zone_maps
-from src.data.preprocess import normalization_stats
 from src.data.sanity import check_split_scores, too_small, too_small_message, warn_constant_images
 from src.data.split import assign_splits
 from src.data.zones import ZONES
@@ -35,8 +34,6 @@ class DataBundle:
     table: pd.DataFrame  # usable rows: FileID, zones, csi, [PatientID], split, path, cache_index
     skipped: pd.DataFrame  # FileID, reason: rows left out under on_missing = skip
     cache: ImageCache
-    mean: float
-    std: float
     zones: ZoneMaps | None = None  # with [Data] mask_dir: each cached image's zone map
 
     def labels(self, split: str | None = None) -> np.ndarray:
@@ -48,8 +45,7 @@ class DataBundle:
 
         rows = self.table[self.table["split"] == split]
         return CSIDataset(self.cache.images, rows["cache_index"].to_numpy(), self.labels(split),
-                          rows["FileID"].tolist(), self.mean, self.std,
-                          self.zones)
+                          rows["FileID"].tolist(), self.zones)
 
     def with_splits(self, splits: Sequence[str]) -> DataBundle:
         """The same images and labels with another split per row (e.g. a cross-validation fold's)."""
@@ -180,5 +176,4 @@ def load_data(cfg: Config, split_csv: str | Path | None = None, with_outcome: bo
         table["split"] = assign_splits(table, fractions, cfg.training.seed).to_numpy()
         _check_splits(table, data.labels_csv)
     check_split_scores(table, split_csv or data.labels_csv)
-    mean, std = normalization_stats(data.normalization, data.normalization_mean, data.normalization_std)
-    return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std, zones=zones)
+    return DataBundle(table=table, skipped=skipped, cache=cache, zones=zones)

@@ -25,6 +25,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +36,9 @@ from src.data.readers import read_image
 from src.data.zones import ZONES
 from src.utils.errors import DataError, MaskError
 from src.utils.logging import logger
+
+if TYPE_CHECKING:
+    import torch
 
 MASK_DECODER = "lung_mask"
 MASK_EXTENSIONS = (".png", ".nii.gz", ".nii")
@@ -129,10 +133,17 @@ class ZoneMaps:
         return out
 
 
-def one_hot_zones(maps: np.ndarray) -> np.ndarray:
+def one_hot_zones(maps: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Zone maps [B, S, S] -> float32 zone masks [B, 6, S, S], channel k 1 inside zone ZONES[k]: what a
-    model trained with masks reads after the image channel."""
-    return (maps[:, None] == np.arange(1, len(ZONES) + 1, dtype=maps.dtype)[None, :, None, None]).astype(np.float32)
+    model trained with masks reads after the image channel. A numpy array (the ONNX scorer, without
+    torch) or a torch tensor, made on the tensor's own device (src/data/prepare.py)."""
+    if isinstance(maps, np.ndarray):
+        levels = np.arange(1, len(ZONES) + 1, dtype=maps.dtype)
+        return (maps[:, None] == levels[None, :, None, None]).astype(np.float32)
+    import torch  # a tensor came in: torch is loaded already
+
+    levels = torch.arange(1, len(ZONES) + 1, dtype=maps.dtype, device=maps.device)
+    return (maps[:, None] == levels[None, :, None, None]).float()
 
 
 def scoring_zones(data: DataConfig, split: str, model_name: str | Path, file_ids: Sequence[str],

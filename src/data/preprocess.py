@@ -1,5 +1,8 @@
 """Turn raw intensities into the fixed-size, 0..1 images the cache stores and the models read."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -7,6 +10,8 @@ from PIL import Image
 
 if TYPE_CHECKING:
     import torch
+
+    from src.config.schema import DataConfig
 
 STORAGE_MAX = {"uint8": 255, "uint16": 65535}
 
@@ -60,7 +65,7 @@ def to_storage(image01: np.ndarray, dtype: str) -> np.ndarray:
     return np.rint(np.clip(image01, 0.0, 1.0) * STORAGE_MAX[dtype]).astype(dtype)
 
 
-def from_storage(array: "np.ndarray | torch.Tensor") -> "np.ndarray | torch.Tensor":
+def from_storage(array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Inverse of to_storage: a uint8/uint16 numpy array or torch tensor back to float32 0..1."""
     dtype = str(array.dtype).removeprefix("torch.")
     if dtype not in STORAGE_MAX:
@@ -90,3 +95,24 @@ def normalization_stats(name: str, mean: float, std: float) -> tuple[float, floa
     if name not in _NORMALIZATION_PRESETS:
         raise ValueError(f"normalization must be one of {[*_NORMALIZATION_PRESETS, 'custom']}, got {name!r}")
     return _NORMALIZATION_PRESETS[name]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A model's input normalisation, (x - mean) / std of pixels x in 0..1.
+
+    One owner: the resolved [Data] keys of a run's config (src/models/zoo resolve_preprocessing writes
+    the weights' own statistics there before training, and checkpoints and exports carry them). The
+    data never holds normalised pixels: src/data/prepare.py applies this on the device, the ONNX
+    scorer on numpy arrays, with this one formula."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, data: DataConfig) -> Normalization:
+        return cls(*normalization_stats(data.normalization, data.normalization_mean, data.normalization_std))
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Normalised `pixels` (0..1, float32 numpy array or torch tensor on any device)."""
+        return (pixels - self.mean) / self.std

@@ -13,7 +13,7 @@ from typing import Any
 
 from src.config.schema import Config, DataConfig
 from src.data.masks import reads_masks
-from src.data.preprocess import normalization_stats
+from src.data.preprocess import Normalization
 from src.data.zones import CLASS_NAMES, ZONES
 from src.utils.errors import ExportError
 
@@ -27,15 +27,14 @@ _PIXEL_KEYS = ("image_size", "resize_mode", "clip_low_percentile", "clip_high_pe
 
 def describe_model(cfg: Config, temperature: float | None) -> dict[str, Any]:
     """The metadata of a model trained with `cfg` (its checkpoint's config)."""
-    mean, std = normalization_stats(cfg.data.normalization, cfg.data.normalization_mean,
-                                    cfg.data.normalization_std)
+    normalization = Normalization.of(cfg.data)
     size = cfg.data.image_size
     return {
         "format": METADATA_FORMAT,
         "arch": cfg.model.model_arch,
         "loss": cfg.loss.loss,
         "preprocessing": {key: getattr(cfg.data, key) for key in _PIXEL_KEYS}
-        | {"normalization_mean": mean, "normalization_std": std},
+        | {"normalization_mean": normalization.mean, "normalization_std": normalization.std},
         "input": f"{INPUT_NAME}: float32 [batch, 1, {cfg.data.image_size}, {cfg.data.image_size}], "
                  "pixels scaled to 0..1 as preprocessed, then (x - normalization_mean) / normalization_std",
         "mask_input": (f"{MASK_INPUT_NAME}: float32 [batch, zones, {size}, {size}], channel k 1 inside zone k "

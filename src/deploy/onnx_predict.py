@@ -14,7 +14,7 @@ import pandas as pd
 from src.config.schema import Config
 from src.data.inputs import cache_inputs
 from src.data.masks import one_hot_zones, scoring_zones
-from src.data.preprocess import from_storage
+from src.data.preprocess import Normalization, from_storage
 from src.deploy.metadata import INPUT_NAME, MASK_INPUT_NAME, METADATA_KEY, OUTPUT_NAME, data_config_for, parse_metadata
 from src.evaluation.calibration import apply_temperature
 from src.evaluation.predictions import predictions_table
@@ -52,13 +52,13 @@ def predict_with_onnx(cfg: Config, model_path: str | Path, source: str | Path, o
     usable, cache, cache_rows = cache_inputs(cfg, data, source)
     zones = (scoring_zones(data, metadata["zone_split"], model_path, usable["FileID"].tolist(), cache, cache_rows)
              if metadata.get("mask_input") else None)
-    mean = np.float32(metadata["preprocessing"]["normalization_mean"])
-    std = np.float32(metadata["preprocessing"]["normalization_std"])
+    normalization = Normalization(metadata["preprocessing"]["normalization_mean"],
+                                  metadata["preprocessing"]["normalization_std"])
     batch_size = cfg.evaluation.batch_size
     probs = []
     for start in range(0, len(cache_rows), batch_size):
         rows = cache_rows[start:start + batch_size]
-        feed = {INPUT_NAME: ((from_storage(np.asarray(cache.images[rows])) - mean) / std)[:, None]}
+        feed = {INPUT_NAME: normalization(from_storage(np.asarray(cache.images[rows])))[:, None]}
         if zones is not None:
             feed[MASK_INPUT_NAME] = one_hot_zones(zones[rows])
         probs.append(session.run([OUTPUT_NAME], feed)[0])

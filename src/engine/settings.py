@@ -1,4 +1,6 @@
-"""How each step runs, for training and evaluation alike: device placement, arithmetic, memory format."""
+"""How each step runs, for training and evaluation alike: device placement, arithmetic, memory format.
+
+A batch's way to the device is src/data/prepare.py's (BatchPreparer)."""
 
 from __future__ import annotations
 
@@ -52,11 +54,3 @@ def place_model(model: nn.Module, device: torch.device, settings: LoopSettings) 
     """`model` on `device`, in channels-last memory format when the settings use it."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if settings.channels_last else model
-
-
-def to_device(images: torch.Tensor, targets: torch.Tensor, device: torch.device,
-              channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch on `device`, the images in the memory format the model runs in."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device, non_blocking=True, memory_format=memory_format)
-    return images, targets.to(device, non_blocking=True)

@@ -13,6 +13,8 @@ import torch
 from src.config.schema import Config
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.data.zones import CLASS_NAMES, ZONES
 from src.engine.metrics import AHF_CLASSES, ahf_confusion_matrix, compute_all_metrics, confusion_matrices
 from src.engine.predict import Predictions, predict_batches
@@ -83,7 +85,9 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
         raise CheckpointError(f"{run_dir}: no split.csv beside {checkpoint_path.name}; eval needs the run's split")
     data = load_data(trained_cfg, split_csv=split_csv, with_outcome=True)
     device, settings, probabilities = loop_settings(trained_cfg, model)
-    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, data.mean, data.std)
+    normalization = Normalization.of(trained_cfg.data)
+    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, normalization.mean,
+                                        normalization.std)
     predictions = {}
     for split in splits:
         dataset = data.dataset(split)
@@ -91,7 +95,7 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
             continue
         loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
         predictions[split] = predict_batches(predictor, loader, device, settings, desc=f"evaluate {split}",
-                                             probabilities=probabilities)
+                                             probabilities=probabilities, prepare=BatchPreparer(normalization))
     return CheckpointPredictions(checkpoint_path, state, trained_cfg, model, data, predictions)
 
 
@@ -158,7 +162,8 @@ def evaluate_run(cfg: Config, run: str | None = None, checkpoint: str | None = N
                                analyses, calibration, shown or "", readers, outcome)
     if "test" in predictions:
         figures["saliency"] = explain_selected_images(
-            model, data.dataset("test"), predictions["test"], cfg.evaluation.saliency_largest_error,
+            model, data.dataset("test"), BatchPreparer(Normalization.of(trained_cfg.data)), predictions["test"],
+            cfg.evaluation.saliency_largest_error,
             cfg.evaluation.saliency_random, trained_cfg.training.seed, out / "saliency")
     write_evaluation_report(evaluation)
     return evaluation

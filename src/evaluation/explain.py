@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from src.config.schema import Config
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.data.zones import ZONES
 from src.evaluation.predict import prepare_scoring, score_dataset
 from src.evaluation.saliency import write_saliency_figures
@@ -21,7 +23,8 @@ def explain_images(cfg: Config, checkpoint: str | Path, source: str | Path, outp
     model, trained_cfg, dataset, temperature = prepare_scoring(cfg, checkpoint, source)
     pred, table = score_dataset(model, trained_cfg, dataset, temperature)
     atomic_write_csv(out / "predictions.csv", table)
-    paths = write_saliency_figures(model, dataset, list(range(len(dataset))), pred.probs, out)
+    paths = write_saliency_figures(model, dataset, BatchPreparer(Normalization.of(trained_cfg.data)),
+                                   list(range(len(dataset))), pred.probs, out)
     shown = table[["FileID", *(f"{z}_pred" for z in ZONES), "csi_pred", "ahf_pred"]]
     report = Report(f"Grad-CAM of {len(table)} image(s)", subtitle=f"{trained_cfg.model.model_arch} · {checkpoint}")
     report.add_section("Predicted scores", Table(shown, index=False, digits=2))

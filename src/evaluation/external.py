@@ -38,7 +38,8 @@ from src.data.dataset import CSIDataset
 from src.data.label_sources import check_known_scores
 from src.data.load import DataBundle, cache_images, labelled_images
 from src.data.masks import scoring_zones
-from src.data.preprocess import normalization_stats
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.data.sanity import check_split_scores
 from src.data.zones import ZONES
 from src.engine.predict import Predictions
@@ -99,9 +100,7 @@ def read_external(cfg: Config, trained_cfg: Config, labels: Sequence[str | Path]
     check_known_scores(table, f"{labels[0]} (its usable images)")
     table["split"] = name
     check_split_scores(table, labels[0])
-    mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,
-                                    trained_cfg.data.normalization_std)
-    return DataBundle(table=table, skipped=skipped, cache=cache, mean=mean, std=std)
+    return DataBundle(table=table, skipped=skipped, cache=cache)
 
 
 def pixel_digests(images, rows: Sequence[int]) -> list[str | None]:
@@ -157,8 +156,7 @@ def _score_external(cfg: Config, member: CheckpointPredictions | Path, labels: S
     if model.input_channels > 1:  # trained with lung masks: those of today's [Data] mask_dir (--masks)
         bundle.zones = scoring_zones(reading_config(cfg.data, trained_cfg.data), trained_cfg.model.zone_split,
                                      checkpoint, file_ids, bundle.cache, rows)
-    dataset = CSIDataset(bundle.cache.images, rows, bundle.table[list(ZONES)].to_numpy(), file_ids, bundle.mean,
-                         bundle.std, bundle.zones)
+    dataset = CSIDataset(bundle.cache.images, rows, bundle.table[list(ZONES)].to_numpy(), file_ids, bundle.zones)
     pred, _ = score_dataset(model, trained_cfg, dataset)
     return ExternalScores(bundle, pred, dataset, model, trained_cfg, state)
 
@@ -270,7 +268,8 @@ def evaluate_external(cfg: Config, checkpoints: Sequence[Path], labels: Sequence
     if len(checkpoints) == 1:
         figures["training_curves"] = training_curves(run_dir, state, out)
         figures["saliency"] = explain_selected_images(
-            first.model, first.dataset, external, cfg.evaluation.saliency_largest_error,
+            first.model, first.dataset, BatchPreparer(Normalization.of(first.trained_cfg.data)), external,
+            cfg.evaluation.saliency_largest_error,
             cfg.evaluation.saliency_random, trained_cfg.training.seed, out / "saliency")
     shown_cfg = dataclasses.replace(trained_cfg, data=dataclasses.replace(
         trained_cfg.data, labels_csv=", ".join(map(str, labels))))

@@ -14,7 +14,8 @@ from src.config.schema import Config
 from src.data.dataset import CSIDataset, make_loader
 from src.data.inputs import cache_inputs
 from src.data.masks import scoring_zones
-from src.data.preprocess import normalization_stats
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.data.zones import UNKNOWN, ZONES
 from src.engine.predict import Predictions, predict_batches
 from src.evaluation.calibration import apply_temperature, stored_temperature
@@ -36,15 +37,13 @@ def prepare_scoring(cfg: Config, checkpoint: str | Path, source: str | Path
     temperature = stored_temperature(state, checkpoint, evaluation.tta) if evaluation.calibrate else None
     data = dataclasses.replace(trained_cfg.data, image_dir=cfg.data.image_dir)
     usable, cache, cache_rows = cache_inputs(cfg, data, source)
-    mean, std = normalization_stats(trained_cfg.data.normalization, trained_cfg.data.normalization_mean,
-                                    trained_cfg.data.normalization_std)
     zones = None
     if model.input_channels > 1:  # trained with lung masks: those of today's [Data] mask_dir (--masks)
         masks = dataclasses.replace(data, mask_dir=cfg.data.mask_dir, on_missing_mask=cfg.data.on_missing_mask)
         zones = scoring_zones(masks, trained_cfg.model.zone_split, checkpoint, usable["FileID"].tolist(), cache,
                               cache_rows)
     dataset = CSIDataset(cache.images, cache_rows, np.full((len(usable), len(ZONES)), UNKNOWN),
-                         usable["FileID"].tolist(), mean, std, zones)
+                         usable["FileID"].tolist(), zones)
     return model, trained_cfg, dataset, temperature
 
 
@@ -53,9 +52,12 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
     """Predictions for every image of `dataset` (probabilities scaled by `temperature` when given),
     and their table (see predictions_table)."""
     device, settings, probabilities = loop_settings(trained_cfg, model)
-    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, dataset.mean, dataset.std)
-    pred = predict_batches(predictor, make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False),
-                           device, settings, probabilities=probabilities)
+    normalization = Normalization.of(trained_cfg.data)
+    predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, normalization.mean,
+                                        normalization.std)
+    loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
+    pred = predict_batches(predictor, loader, device, settings, probabilities=probabilities,
+                           prepare=BatchPreparer(normalization))
     if temperature is not None:
         pred = dataclasses.replace(pred, probs=apply_temperature(pred.probs, temperature))
     table = predictions_table(pred.file_ids, pred.probs, None, trained_cfg.evaluation.ahf_low_threshold,

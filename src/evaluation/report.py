@@ -16,6 +16,7 @@ import pandas as pd
 from src.config.loader import config_from_text
 from src.config.schema import Config
 from src.data.load import DataBundle
+from src.data.preprocess import Normalization
 from src.data.summary import label_counts, split_counts
 from src.data.zones import ZONES
 from src.engine.metrics import HEADLINE_METRICS
@@ -55,12 +56,13 @@ HEADLINE = {"f1_macro": "macro F1", "qwk": "quadratic-weighted kappa", "csi_mae"
 
 def summary_section(run: EvaluationRun, report: Report) -> None:
     cfg, table = run.cfg, run.data.table
+    normalization = Normalization.of(cfg.data)
     trained = config_from_text(run.state["config"], f"{run.checkpoint} (embedded config)")  # as it was trained
     settings = {
         "model": f"{cfg.model.model_arch}{', from its pretrained weights' if trained.model.pretrained else ''}, "
                  f"zone pooling {cfg.model.zone_pooling}, dropout {cfg.model.dropout}",
         "images": f"{cfg.data.image_size} px, resize {cfg.data.resize_mode}, normalised with mean "
-                  f"{run.data.mean:.4g}, std {run.data.std:.4g}",
+                  f"{normalization.mean:.4g}, std {normalization.std:.4g}",
         "training": f"{cfg.training.n_epochs} epochs max, batch {cfg.training.batch_size}, "
                     f"{cfg.optimization.optimizer} lr {cfg.training.learning_rate:g}, {cfg.optimization.scheduler} "
                     f"schedule, loss {cfg.loss.loss}, seed {cfg.training.seed}",

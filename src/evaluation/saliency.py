@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from src.data.dataset import CSIDataset
+from src.data.prepare import BatchPreparer
 from src.data.zones import ZONES, csi_from_scores
 from src.engine.metrics import predicted_csi
 from src.engine.predict import Predictions
@@ -96,21 +97,24 @@ def saliency_rows(true_csi: np.ndarray, pred_csi: np.ndarray, largest: int, rand
     return [(int(i), "largest CSI error") for i in worst] + [(int(i), "random sample") for i in np.sort(drawn)]
 
 
-def explain_selected_images(model: CSIModel, dataset: CSIDataset, pred: Predictions, largest: int, random: int,
-                            seed: int, out_dir: Path) -> list[Path]:
-    """Grad-CAM strips of the `largest` CSI errors of `pred` (over `dataset`) and of `random` other
-    images drawn with `seed`."""
+def explain_selected_images(model: CSIModel, dataset: CSIDataset, prepare: BatchPreparer, pred: Predictions,
+                            largest: int, random: int, seed: int, out_dir: Path) -> list[Path]:
+    """Grad-CAM strips of the `largest` CSI errors of `pred` (over `dataset`, made model inputs by
+    `prepare`) and of `random` other images drawn with `seed`."""
     chosen = saliency_rows(csi_from_scores(pred.targets), predicted_csi(pred.probs.argmax(-1), pred.probs),
                            largest, random, seed)
     rows = [row for row, _ in chosen]
-    return write_saliency_figures(model, dataset, rows, pred.probs[rows], out_dir, [why for _, why in chosen])
+    return write_saliency_figures(model, dataset, prepare, rows, pred.probs[rows], out_dir,
+                                  [why for _, why in chosen])
 
 
-def write_saliency_figures(model: CSIModel, dataset: CSIDataset, rows: Sequence[int], probs: np.ndarray,
-                           out_dir: Path, captions: Sequence[str] = (), batch_size: int = 16) -> list[Path]:
+def write_saliency_figures(model: CSIModel, dataset: CSIDataset, prepare: BatchPreparer, rows: Sequence[int],
+                           probs: np.ndarray, out_dir: Path, captions: Sequence[str] = (),
+                           batch_size: int = 16) -> list[Path]:
     """One PNG per dataset row in `rows`: the radiograph with the six-zone grid and each zone's
     Grad-CAM for its predicted class. `probs` [len(rows), 6, classes] are the rows' predictions;
-    the dataset's labels are shown as the truth where any zone is known. Runs where the model is."""
+    the dataset's labels are shown as the truth where any zone is known. `prepare` makes the rows
+    the model's input, on the model's device, as in prediction."""
     if model.head.pooling == "passes":
         logger.warning(f"no Grad-CAM figures for [Model] zone_focus = {model.focus}: its six backbone passes have "
                        "no one feature map to explain")
@@ -119,9 +123,9 @@ def write_saliency_figures(model: CSIModel, dataset: CSIDataset, rows: Sequence[
     model.eval()
     paths = []
     for start in tqdm(range(0, len(rows), batch_size), desc="saliency", unit="batch", leave=False):
-        batch = rows[start:start + batch_size]
-        images, labels, file_ids = zip(*(dataset[i] for i in batch))
-        images = torch.stack(images).to(device)
+        batch = list(rows[start:start + batch_size])
+        stored, labels, file_ids = dataset.__getitems__(batch)
+        images, _ = prepare(stored, labels, device)
         batch_probs = probs[start:start + len(batch)]
         scores = batch_probs.argmax(-1)
         maps = zone_cams(model, images, scores)

@@ -19,17 +19,17 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from src.data.prepare import BatchPreparer
 from src.engine.metrics import ALL_CLASSES, classification_from_confusion, compute_all_metrics
 from src.engine.predict import Predictions, predict_batches
 from src.engine.probabilities import Probabilities, softmax_probabilities
-from src.engine.settings import LoopSettings, to_device
+from src.engine.settings import LoopSettings
 from src.utils.device import autocast
 from src.utils.distributed import average_scalar, gather_objects, max_over_ranks_
 from src.utils.errors import TrainingDiverged
@@ -167,19 +167,21 @@ def _apply_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
 def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                 device: torch.device, epoch: int, settings: LoopSettings | None = None, *,
                 scaler: torch.amp.GradScaler | None = None, batch_scheduler=None,
-                augment: Callable | None = None, teacher: nn.Module | None = None,
+                prepare: BatchPreparer | None = None, teacher: nn.Module | None = None,
                 probabilities: Probabilities = softmax_probabilities,
                 guard: NonFiniteGuard | None = None, stop: threading.Event | None = None) -> dict[str, float]:
     """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput.
 
     `scaler`: fp16 gradient scaler; `batch_scheduler`: stepped after every optimizer step, skipped
     ones included (e.g. OneCycleLR: the schedule follows the step count, as in PyTorch's AMP recipe);
-    `augment(images, targets)`: training batches only; `teacher`: distillation, its logits go to the
-    criterion; `guard`: the run's count of bad steps (default: one for this epoch); `stop`: once set
-    on any rank, every rank ends the epoch with StepInterrupted at the end of the same optimizer step
-    (and sets its own `stop`).
+    `prepare`: makes each batch the model's input on `device`, augmented for training
+    (src/data/prepare.py; default: batches that are model inputs already); `teacher`: distillation, its
+    logits go to the criterion; `guard`: the run's count of bad steps (default: one for this epoch);
+    `stop`: once set on any rank, every rank ends the epoch with StepInterrupted at the end of the same
+    optimizer step (and sets its own `stop`).
     """
     settings = settings or LoopSettings()
+    prepare = prepare or BatchPreparer()
     guard = guard or NonFiniteGuard(settings.max_nonfinite_steps)
     model.train()
     tally = torch.zeros(5, device=device)
@@ -207,9 +209,7 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
 
     bar = tqdm(loader, desc=f"epoch {epoch} train", unit="batch", leave=False, disable=not settings.progress)
     for index, (images, targets, _) in enumerate(bar):
-        images, targets = to_device(images, targets, device, settings.channels_last)
-        if augment is not None:
-            images, targets = augment(images, targets)
+        images, targets = prepare(images, targets, device, settings.channels_last)
         group_start = index - index % accumulation
         group_size = min(accumulation, n_batches - group_start)
         group_end = index + 1 == group_start + group_size  # last batch of an accumulation group
@@ -280,11 +280,12 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
 
 def validate_epoch(model: nn.Module, loader, criterion: nn.Module, device: torch.device, epoch: int,
                    settings: LoopSettings | None = None, *,
-                   probabilities: Probabilities = softmax_probabilities) -> dict[str, float]:
-    """Loss and every metric on `loader`, keys prefixed with 'val_'."""
+                   probabilities: Probabilities = softmax_probabilities,
+                   prepare: BatchPreparer | None = None) -> dict[str, float]:
+    """Loss and every metric on `loader`, keys prefixed with 'val_'; `prepare` as in train_epoch, unaugmented."""
     settings = settings or LoopSettings()
     result = predict_batches(model, loader, device, settings, criterion, desc=f"epoch {epoch} val",
-                             probabilities=probabilities)
+                             probabilities=probabilities, prepare=prepare)
     if settings.dist.enabled:  # each rank scored a disjoint share: metrics need all of them
         parts = gather_objects(result, settings.dist)
         count = sum(len(p.file_ids) for p in parts)

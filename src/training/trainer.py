@@ -15,7 +15,8 @@ from src.config.schema import Config
 from src.data.augment import BatchAugmenter
 from src.data.dataset import make_loader
 from src.data.load import DataBundle, load_data
-from src.data.preprocess import normalization_stats
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.engine.settings import LoopSettings, place_model
 from src.models.factory import build_model, weight_bytes
 from src.models.zoo import check_weights, resolve_preprocessing
@@ -113,13 +114,10 @@ class _Trainer:
         warn_small_rank_batch(cfg.training.batch_size, self.dist)
         # The inputs are checked before any costly work (loading weights, the precision probe, building
         # the model): labels, splits and image paths, the decoded images, then the disk's free space.
-        data = data or load_data(cfg)
-        # The data gets this run's normalisation: its weights' (which resolving announces), and data
-        # loaded by the caller (hyperopt, cv) for several runs may have been normalised for another.
+        self.data = data or load_data(cfg)
+        # The model's normalisation, its weights' (which resolving announces), is the resolved config's
+        # alone: the data hold stored pixels, which the batch preparers normalise on the device.
         self.cfg = cfg = resolve_preprocessing(cfg)
-        d = cfg.data
-        stats = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
-        self.data = replace(data, mean=stats[0], std=stats[1])
         self._make_loaders()
         self._require_checkpoint_space()
         settings = LoopSettings.from_config(cfg, self.device)
@@ -135,9 +133,11 @@ class _Trainer:
         self.optimizer = create_optimizer(self.model, cfg)
         steps = -(-len(self.train_loader) // cfg.training.gradient_accumulation_steps)
         self.schedule = create_scheduler(self.optimizer, cfg, self.mode, steps)
-        # overfitting a fixed batch means seeing it unchanged
-        self.augment = (None if debug.overfit_batches
-                        else BatchAugmenter(cfg.augmentation, self.data.mean, self.data.std))
+        # overfitting a fixed batch means seeing it unchanged; each rank draws its own augmentations
+        augmenter = None if debug.overfit_batches else BatchAugmenter(cfg.augmentation, cfg.training.seed,
+                                                                     self.dist.rank)
+        normalization = Normalization.of(cfg.data)
+        self.prepare_train, self.prepare_eval = BatchPreparer(normalization, augmenter), BatchPreparer(normalization)
         self.scaler = torch.amp.GradScaler("cuda") if self.settings.dtype == torch.float16 else None
         self.guard = NonFiniteGuard(self.settings.max_nonfinite_steps)
         callbacks = cfg.callbacks
@@ -273,16 +273,17 @@ class _Trainer:
         """Train, validate, record and checkpoint one epoch."""
         first = self.first_batch if epoch == self.start_epoch else 0
         self.train_loader.batch_sampler.set_epoch(epoch, first)
+        self.prepare_train.set_epoch(epoch, first)
         try:
             train_metrics = train_epoch(
                 self.net, self.train_loader, self.criterion, self.optimizer, self.device, epoch, self.settings,
                 scaler=self.scaler, batch_scheduler=self.schedule.scheduler if self.schedule.per_step else None,
-                augment=self.augment, teacher=self.teacher, probabilities=self.criterion.probabilities,
+                prepare=self.prepare_train, teacher=self.teacher, probabilities=self.criterion.probabilities,
                 guard=self.guard, stop=stop)
         except StepInterrupted as interrupted:
             self._save_interrupted(epoch, first + interrupted.batches)
         val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings,
-                                     probabilities=self.criterion.probabilities)
+                                     probabilities=self.criterion.probabilities, prepare=self.prepare_eval)
         improved = self.state.record(train_metrics, val_metrics)
         value = val_metrics[self.monitor]  # a published name: the config's validation checked it
         self.schedule.step_epoch(value)
