@@ -1,9 +1,10 @@
 """Batches leave the cache as stored and become the model's input on the device, in one place: what the
 model receives equals the normalised cache rows (and their zones' masks) exactly as before, batches
-travel as uint8/uint16 images and uint8 zone maps."""
+travel as uint8/uint16 images and uint8 zone maps, and num_workers changes nothing but who loads."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import pytest
 import torch
 
 from src.config.loader import load_config
-from src.data.dataset import make_loader
+from src.data.dataset import loader_options, loader_workers, make_loader
 from src.data.load import load_data
 from src.data.prepare import BatchPreparer
 from src.data.preprocess import Normalization
-from src.training.trainer import DebugRun, _Trainer
+from src.training.trainer import DebugRun, _Trainer, train_model
+from src.utils.errors import ConfigError
 from tests.conftest import write_config, write_tiny_dataset
 from tests.test_masks import expected_map, write_pair_masks
 
@@ -88,6 +90,33 @@ def test_loader_batches_are_stored_integers_and_the_preparer_makes_the_same_inpu
                            "'Found no NVIDIA driver' (this torch is a CUDA build) and DataLoader ignores pin_memory")
 def test_loader_batches_are_pinned_when_asked(tmp_path):
     bundle = load_data(load_config(project(tmp_path, masks=True), env={}))
-    loader = make_loader(bundle.dataset("train"), batch_size=8, shuffle=False, pin_memory=True)
+    cuda = torch.device("cuda")
+    cfg = load_config(project(tmp_path / "other", masks=True), env={})
+    loader = make_loader(bundle.dataset("train"), batch_size=8, shuffle=False, **loader_options(cfg.training, cuda))
     (images, zones), targets, _ = next(iter(loader))
     assert images.is_pinned() and zones.is_pinned() and targets.is_pinned()
+
+
+def test_num_workers_auto_is_none_on_a_cpu_and_a_count_as_given():
+    cfg = load_config(None, env={})
+    assert cfg.training.num_workers == "auto" and loader_workers("auto", CPU) == 0
+    assert loader_workers("3", CPU) == 3 and not loader_options(cfg.training, CPU)["pin_memory"]
+    assert 1 <= loader_workers("auto", torch.device("cuda")) <= 4  # computed without touching a GPU
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(ConfigError, match=r"num_workers = .* expected auto or an integer >= 0"):
+            load_config(None, [f"Training.num_workers={bad}"], env={})
+
+
+def test_a_run_loading_in_two_persistent_workers_equals_one_loading_in_process(tmp_path):
+    histories = []
+    for workers in (0, 2):
+        path = project(tmp_path / str(workers), masks=False)
+        cfg = load_config(path, [f"Training.num_workers={workers}", "Training.n_epochs=2", "Augmentation.enabled=true",
+                                 "Augmentation.horizontal_flip=0.5"], env={})
+        result = train_model(cfg)
+        logs = result.run_dir / "logs"
+        rows = zip(json.loads((logs / "training_history.json").read_text()),
+                   json.loads((logs / "validation_history.json").read_text()))
+        histories.append([{k: v for k, v in {**t, **v}.items() if k not in ("images_per_second", "epoch_seconds")}
+                          for t, v in rows])
+    assert histories[0] == histories[1] and len(histories[0]) == 2

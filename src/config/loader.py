@@ -223,6 +223,10 @@ def validate(cfg: Config, origin: str = "config") -> None:
         raise ConfigError(f"{origin}: [Evaluation] ahf_low_threshold must be below ahf_high_threshold")
     if cfg.hyperopt.cv_folds == 1:
         raise ConfigError(f"{origin}: [Hyperopt] cv_folds = 1 is not allowed: 0 (no cross-validation) or >= 2")
+    workers = cfg.training.num_workers
+    if workers != "auto" and not (workers.isdigit() and workers.isascii()):
+        raise ConfigError(f"{origin}: [Training] num_workers = {workers!r} is not allowed: expected auto or an "
+                          "integer >= 0")
     device = cfg.training.device
     if device not in ("auto", "cpu", "cuda", "mps") and not (
         device.startswith("cuda:") and device[5:].isdigit()

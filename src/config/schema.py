@@ -53,13 +53,13 @@ class TrainingConfig:
         "auto",
         "Where to train: auto (CUDA if present, else CPU), cpu, cuda, cuda:N or mps.",
     )
-    num_workers: int = key(
-        0,
-        "DataLoader worker processes; 0 loads in the main process, which is enough since "
-        "images come decoded from the cache.",
-        min=0,
+    num_workers: str = key(
+        "auto",
+        "DataLoader worker processes (kept across epochs), or auto: 0 on a CPU (the training step needs every "
+        "core, and a batch of decoded images gathered from the cache costs little), 4 per GPU process (fewer "
+        "where a node's cores are shared by many), so that the next batches are ready while the GPU steps.",
     )
-    pin_memory: bool = key(True, "Pin host memory for faster copies to a GPU (ignored on CPU).")
+    pin_memory: bool = key(True, "Pin host memory for faster, non-blocking copies to a GPU (ignored on CPU).")
     seed: int = key(42, "Seed for the split, initialisation and data order: same seed, same run.", min=0)
     precision: str = key(
         "auto",

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from src.config.schema import Config
-from src.data.dataset import make_loader
+from src.data.dataset import loader_options, make_loader
 from src.data.load import DataBundle, load_data
 from src.data.prepare import BatchPreparer
 from src.data.preprocess import Normalization
@@ -93,7 +93,8 @@ def predict_checkpoint(cfg: Config, checkpoint_path: Path, splits: tuple[str, ..
         dataset = data.dataset(split)
         if len(dataset) == 0:
             continue
-        loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
+        loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False,
+                             **loader_options(trained_cfg.training, device))
         predictions[split] = predict_batches(predictor, loader, device, settings, desc=f"evaluate {split}",
                                              probabilities=probabilities, prepare=BatchPreparer(normalization))
     return CheckpointPredictions(checkpoint_path, state, trained_cfg, model, data, predictions)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from src.config.schema import Config
-from src.data.dataset import CSIDataset, make_loader
+from src.data.dataset import CSIDataset, loader_options, make_loader
 from src.data.inputs import cache_inputs
 from src.data.masks import scoring_zones
 from src.data.prepare import BatchPreparer
@@ -55,7 +55,8 @@ def score_dataset(model: CSIModel, trained_cfg: Config, dataset: CSIDataset,
     normalization = Normalization.of(trained_cfg.data)
     predictor, probabilities = with_tta(model, probabilities, trained_cfg.evaluation.tta, normalization.mean,
                                         normalization.std)
-    loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False)
+    loader = make_loader(dataset, trained_cfg.evaluation.batch_size, shuffle=False,
+                         **loader_options(trained_cfg.training, device))
     pred = predict_batches(predictor, loader, device, settings, probabilities=probabilities,
                            prepare=BatchPreparer(normalization))
     if temperature is not None:

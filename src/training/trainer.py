@@ -13,7 +13,7 @@ import torch
 from src.config.render import render_ini
 from src.config.schema import Config
 from src.data.augment import BatchAugmenter
-from src.data.dataset import make_loader
+from src.data.dataset import loader_options, make_loader
 from src.data.load import DataBundle, load_data
 from src.data.prepare import BatchPreparer
 from src.data.preprocess import Normalization
@@ -177,8 +177,7 @@ class _Trainer:
         if len(train_set) == 0 or len(val_set) == 0:
             raise ConfigError(f"{cfg.data.labels_csv}: the train and val splits need at least one image each "
                               f"(got {len(train_set)} and {len(val_set)})")
-        common = {"num_workers": cfg.training.num_workers, "rank": dist.rank, "world_size": dist.world_size,
-                  "pin_memory": cfg.training.pin_memory and self.device.type == "cuda"}
+        common = {**loader_options(cfg.training, self.device), "rank": dist.rank, "world_size": dist.world_size}
         self.train_loader = make_loader(train_set, batch, shuffle=shuffle, seed=cfg.training.seed, limit=limit,
                                         **common)
         val_limit = limit if (debug.fast_dev_run or debug.overfit_batches) else None
