@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from src.config.loader import load_config
+from src.config.schema import AugmentationConfig
+from src.data.augment import BatchAugmenter
 from src.data.dataset import loader_options, loader_workers, make_loader
 from src.data.load import load_data
 from src.data.prepare import BatchPreparer
@@ -20,6 +22,7 @@ from src.data.preprocess import Normalization
 from src.training.trainer import DebugRun, _Trainer, train_model
 from src.utils.errors import ConfigError
 from tests.conftest import write_config, write_tiny_dataset
+from tests.test_distributed import _HostReads
 from tests.test_masks import expected_map, write_pair_masks
 
 MEAN, STD = 0.3, 0.2
@@ -83,6 +86,20 @@ def test_loader_batches_are_stored_integers_and_the_preparer_makes_the_same_inpu
     assert prepared.is_contiguous(memory_format=torch.channels_last) and torch.equal(on_device, targets)
     want = expected_inputs(bundle.cache.images, ids, dataset.cache_rows[:8], True, maximum)
     np.testing.assert_allclose(prepared.numpy(), want, rtol=0, atol=2e-6)
+
+
+def test_preparing_an_augmented_batch_with_lung_masks_reads_nothing_on_the_host(tmp_path):
+    """Every augmentation's parameters are drawn and used on the batch's device: no value is read back to
+    the host (on a GPU each read would wait for the device to finish). Host-to-device copies a CPU cannot
+    show; the preparer makes none but the batch's own, non-blocking."""
+    bundle = load_data(load_config(project(tmp_path, masks=True), env={}))
+    stored, targets, _ = next(iter(make_loader(bundle.dataset("train"), batch_size=8, shuffle=False)))
+    everything = AugmentationConfig(rotation_degrees=10, scale=0.1, translate=0.1, brightness=0.2, contrast=0.2,
+                                    gamma=0.2, noise_std=0.05, erasing_probability=0.5, horizontal_flip=0.5)
+    prepare = BatchPreparer(Normalization(MEAN, STD), BatchAugmenter(everything, seed=1))
+    with _HostReads() as reads:
+        inputs, _ = prepare(stored, targets, CPU, channels_last=True)
+    assert reads.count == 0 and inputs.shape == (8, 7, 32, 32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(),
