@@ -45,19 +45,32 @@ class CSIModel(nn.Module):
         self.focus = zone_focus if zone_pooling == "mask" else "pool"
         pooling = zone_pooling if zone_pooling != "mask" or self.focus == "pool" else "passes"
         self.head = ZoneHead(channels, num_classes, dropout, pooling)
+        self.frozen_modules: tuple[str, ...] = ()  # set by src/models/freeze.py
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the zone classifiers read: [B, 6, C] (or [B, 1, C] for global pooling, see ZoneHead.pool)."""
         if x.shape[1] < self.input_channels:
             raise ValueError(f"this {self.arch_name} model reads lung zone masks: expected {self.input_channels} "
                              f"input channels, got {x.shape[1]}")
         image, zones = x[:, :1], x[:, 1:self.input_channels]
         if self.input_channels == 1:
-            return self.head(self.backbone(image))
+            return self.head.pool(self.backbone(image))
         if self.focus == "pool":
-            return self.head(self.backbone(image), zones)
+            return self.head.pool(self.backbone(image), zones)
         # Upstream's masking: six backbone passes, zone k's on the image times its mask (or dimmed outside it).
         weights = zones if self.focus == "zero_mask" else ATTENTION_FLOOR + (1 - ATTENTION_FLOOR) * zones
-        return self.head(self.backbone((image * weights).flatten(0, 1)[:, None]))
+        return self.head.pool(self.backbone((image * weights).flatten(0, 1)[:, None]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.classify(self.pooled_features(x))
+
+    def train(self, mode: bool = True) -> CSIModel:
+        """Frozen parts (src/models/freeze.py) stay in eval mode: their BatchNorm statistics and dropout
+        are those of the weights they keep."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            self.get_submodule(name).eval()
+        return self
 
 
 def zone_pooling(cfg: Config) -> str:

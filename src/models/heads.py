@@ -46,18 +46,37 @@ class ZoneHead(nn.Module):
             nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes)) for _ in ZONES
         )
 
-    def forward(self, features: torch.Tensor, zones: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(self, features: torch.Tensor, zones: torch.Tensor | None = None) -> torch.Tensor:
+        """What the classifiers read: [B, 6, C], zone k's in row k; [B, 1, C] for global pooling, whose
+        zones all read the one vector. A frozen backbone's pooled features can be cached: see
+        src/training/feature_cache.py."""
         if self.pooling == "mask":
             weights = F.adaptive_avg_pool2d(zones.to(features.dtype), features.shape[-2:])
             pooled = torch.einsum("bchw,bzhw->bzc", features, weights)
             # A zone too small to cover any feature cell pools nothing rather than dividing by 0.
-            pooled = pooled / weights.sum(dim=(2, 3)).clamp_min(1e-6)[:, :, None]
-            inputs = pooled.unbind(1)
-        elif self.pooling == "passes":
-            inputs = features.mean(dim=(2, 3)).unflatten(0, (-1, len(ZONES))).unbind(1)
-        elif self.pooling == "regional":
+            return pooled / weights.sum(dim=(2, 3)).clamp_min(1e-6)[:, :, None]
+        if self.pooling == "passes":
+            return features.mean(dim=(2, 3)).unflatten(0, (-1, len(ZONES)))
+        if self.pooling == "regional":
             cells = F.adaptive_avg_pool2d(features, GRID)
-            inputs = [cells[:, :, row, col] for row, col in (ZONE_CELLS[zone] for zone in ZONES)]
-        else:
-            inputs = [features.mean(dim=(2, 3))] * len(ZONES)
+            return torch.stack([cells[:, :, row, col] for row, col in (ZONE_CELLS[zone] for zone in ZONES)], dim=1)
+        return features.mean(dim=(2, 3))[:, None]
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, 6 or 1, C] -> logits [B, 6, num_classes]."""
+        inputs = pooled.expand(-1, len(ZONES), -1).unbind(1)
         return torch.stack([classify(x) for classify, x in zip(self.classifiers, inputs)], dim=1)
+
+    def forward(self, features: torch.Tensor, zones: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.pool(features, zones))
+
+
+class PooledHead(nn.Module):
+    """A ZoneHead (shared, not copied) on pooled features [B, 6 or 1, C]: what trains on cached features."""
+
+    def __init__(self, head: ZoneHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.head.classify(pooled)

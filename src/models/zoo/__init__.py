@@ -3,8 +3,10 @@
 Names: the seed backbones (torchvision's resnet50, densenet121, vit_b_16; custom_cnn; chexnet
 through torchxrayvision; raddino through transformers), timm:<name> and hf:<repo>. Each source
 lives in its own module with the same four verbs: check_weights (cheap: finds, never loads),
-build, preprocessing (what the weights expect) and weights_sources (for --mode models). The
-libraries are imported inside them: they cost seconds, which --help and custom_cnn need not pay.
+build, preprocessing (what the weights expect) and weights_sources (for --mode models), and a
+fifth, blocks (the backbone's stages or layers, for freezing and layer decay). A checkpoint of this
+tool given as pretrained_path is a source for any of them (run_checkpoint). The libraries are
+imported inside them: they cost seconds, which --help and custom_cnn need not pay.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import nn
 
 from src.config.schema import Config, ModelConfig
 from src.data.preprocess import normalization_stats
-from src.models.zoo import hf_models, timm_models, torchvision_models, xrv_models
+from src.models.zoo import hf_models, run_checkpoint, timm_models, torchvision_models, xrv_models
 from src.models.zoo.common import Preprocessing, hub_offline
 from src.utils.errors import ConfigError
 from src.utils.logging import logger
@@ -50,7 +52,9 @@ def check_weights(m: ModelConfig) -> None:
     name = m.model_arch
     _check_weights_key(name, m.pretrained_weights)
     kind = family(name)
-    if kind == "torchvision":
+    if run_checkpoint.is_checkpoint(m.pretrained_path):
+        run_checkpoint.check_weights(name, m.pretrained_path)
+    elif kind == "torchvision":
         torchvision_models.check_weights(name, m.pretrained, m.pretrained_path, hub_offline())
     elif kind == "xrv":
         xrv_models.check_weights(m.pretrained, m.pretrained_path, m.pretrained_weights)
@@ -70,6 +74,12 @@ def get_backbone(name: str, pretrained: bool = False, pretrained_path: str = "",
     """
     _check_weights_key(name, weights)
     kind = family(name)
+    if run_checkpoint.is_checkpoint(pretrained_path):
+        backbone, channels = get_backbone(name, False, "", image_size, weights)
+        load = ((lambda into, state, where: torchvision_models.load_into(into, state, where, image_size))
+                if kind in ("torchvision", "xrv") else None)
+        run_checkpoint.load_backbone(backbone, name, pretrained_path, load)
+        return backbone, channels
     if kind == "torchvision":
         spec = torchvision_models.BACKBONES[name]
         if image_size < spec.min_size or image_size % spec.size_multiple:
@@ -85,9 +95,24 @@ def get_backbone(name: str, pretrained: bool = False, pretrained_path: str = "",
     return timm_models.build(name, pretrained, pretrained_path, image_size)
 
 
+def backbone_blocks(name: str, backbone: nn.Module) -> list[list[str]]:
+    """The parameter names of each block of backbone `name` (ResNet stages, DenseNet blocks, ViT and
+    DINOv2 encoder layers, timm's stages or blocks), from input to output; the stem is in none."""
+    kind = family(name)
+    if kind == "torchvision":
+        return torchvision_models.blocks(name, backbone)
+    if kind == "xrv":
+        return xrv_models.blocks(backbone)
+    if kind == "hf":
+        return hf_models.blocks(backbone)
+    return timm_models.blocks(backbone)
+
+
 def weights_preprocessing(m: ModelConfig) -> Preprocessing | None:
     """The input [Model]'s weights were trained on, from their own metadata; None when untrained."""
     name, kind = m.model_arch, family(m.model_arch)
+    if run_checkpoint.is_checkpoint(m.pretrained_path):
+        return run_checkpoint.preprocessing(m.pretrained_path)
     if kind == "torchvision":
         return torchvision_models.preprocessing(name) if (m.pretrained or m.pretrained_path) else None
     if kind == "xrv":

@@ -43,6 +43,15 @@ def grey_conv(conv: nn.Conv2d) -> nn.Conv2d:
     return grey
 
 
+def blocks_by_prefix(backbone: nn.Module, prefixes: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The parameter names of each block, a block being the modules named by one entry of `prefixes`."""
+    names = [name for name, _ in backbone.named_parameters()]
+    blocks = [[n for n in names if any(n.startswith(f"{p}.") for p in block)] for block in prefixes]
+    if not all(blocks):  # a prefix that matches nothing: the family's layout is not the one described
+        raise ValueError(f"no parameters under {prefixes[[bool(b) for b in blocks].index(False)]}")
+    return blocks
+
+
 def hub_offline() -> bool:
     """Whether huggingface_hub may not download (HF_HUB_OFFLINE set true, as the hub reads it)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")

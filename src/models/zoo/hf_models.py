@@ -20,6 +20,7 @@ from torch import nn
 
 from src.models.zoo.common import (
     Preprocessing,
+    blocks_by_prefix,
     cached_hub_file,
     grey_conv,
     grey_stats,
@@ -128,6 +129,14 @@ def build(name: str, pretrained: bool, pretrained_path: str, image_size: int) ->
         model = transformers.AutoModel.from_config(hf_config(name))
     _check_size(name, model, image_size)
     return HFFeatures(_grey(model, source if pretrained_path or pretrained else repo)), model.config.hidden_size
+
+
+def blocks(backbone: HFFeatures) -> list[list[str]]:
+    """The parameter names of each encoder layer, the last with what follows the encoder (its layer norm)."""
+    layers = [f"model.encoder.layer.{child}" for child, _ in backbone.model.encoder.layer.named_children()]
+    tail = tuple(f"model.{child}" for child, module in backbone.model.named_children()
+                 if child not in ("embeddings", "encoder") and any(True for _ in module.parameters()))
+    return blocks_by_prefix(backbone, [(layer,) for layer in layers[:-1]] + [(layers[-1], *tail)])
 
 
 def hf_config(name: str):

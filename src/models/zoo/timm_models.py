@@ -109,6 +109,15 @@ def build(name: str, pretrained: bool, pretrained_path: str, image_size: int) ->
     return backbone, model.num_features
 
 
+def blocks(backbone: TimmFeatures) -> list[list[str]]:
+    """The parameter names of each of timm's coarse parameter groups but the first (the stem): the stages
+    of a CNN, the blocks of a ViT (its final norm with the last), as timm groups them for layer decay."""
+    from timm.models import group_parameters
+
+    groups = group_parameters(backbone.model, backbone.model.group_matcher(coarse=True))
+    return [[f"model.{name}" for name in groups[k]] for k in sorted(groups)[1:]]
+
+
 def preprocessing(name: str, pretrained: bool, pretrained_path: str) -> Preprocessing | None:
     """What the model's pretrained weights were trained on (timm's pretrained_cfg); None untrained."""
     cfg = pretrained_cfg(name)

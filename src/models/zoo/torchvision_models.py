@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from src.models.zoo.common import Preprocessing, grey_conv, grey_stats
+from src.models.zoo.common import Preprocessing, blocks_by_prefix, grey_conv, grey_stats
 from src.utils.errors import ConfigError, first_line
 
 # Parameters of the torchvision classifiers: in their state dicts, not in our backbones.
@@ -112,6 +112,24 @@ BACKBONES: dict[str, BackboneSpec] = {
     "custom_cnn": BackboneSpec(_custom_cnn, 512),
     "vit_b_16": BackboneSpec(ViTFeatures, 768, "ViT_B_16_Weights.IMAGENET1K_V1", size_multiple=16),
 }
+
+
+# The blocks of each backbone from input to output (see src/models/freeze.py): a DenseNet's dense block
+# with the transition before it, the last with the final norm; a ViT's encoder layers, the last with the
+# final layer norm. What comes before the first block (the stem, the patch embedding) is in none.
+DENSENET_BLOCKS = [("features.denseblock1",), ("features.transition1", "features.denseblock2"),
+                   ("features.transition2", "features.denseblock3"),
+                   ("features.transition3", "features.denseblock4", "features.norm5")]
+_BLOCKS = {"resnet50": [(f"layer{i}",) for i in range(1, 5)], "densenet121": DENSENET_BLOCKS,
+           "custom_cnn": [(str(i),) for i in range(5)]}
+
+
+def blocks(name: str, backbone: nn.Module) -> list[list[str]]:
+    """The parameter names of each block of backbone `name`, from input to output."""
+    if name == "vit_b_16":
+        layers = [f"encoder.layers.{child}" for child, _ in backbone.encoder.layers.named_children()]
+        return blocks_by_prefix(backbone, [(layer,) for layer in layers[:-1]] + [(layers[-1], "encoder.ln")])
+    return blocks_by_prefix(backbone, _BLOCKS[name])
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

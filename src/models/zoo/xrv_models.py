@@ -15,8 +15,8 @@ from pathlib import Path
 
 from torch import nn
 
-from src.models.zoo.common import Preprocessing, hub_offline
-from src.models.zoo.torchvision_models import load_into, read_state_dict
+from src.models.zoo.common import Preprocessing, blocks_by_prefix, hub_offline
+from src.models.zoo.torchvision_models import DENSENET_BLOCKS, load_into, read_state_dict
 from src.utils.errors import ConfigError, first_line
 
 DEFAULT_WEIGHTS = "densenet121-res224-all"
@@ -89,6 +89,11 @@ def build(pretrained: bool, pretrained_path: str, weights: str, image_size: int)
         state = {k: v for k, v in read_state_dict(pretrained_path).items() if k != "op_threshs"}
         load_into(backbone, state, f"[Model] pretrained_path = {pretrained_path}", image_size)
     return backbone, CHANNELS
+
+
+def blocks(backbone: nn.Module) -> list[list[str]]:
+    """The parameter names of each dense block (with its transition, the last with the final norm)."""
+    return blocks_by_prefix(backbone, DENSENET_BLOCKS)
 
 
 def preprocessing(pretrained: bool, pretrained_path: str, weights: str) -> Preprocessing | None:
