@@ -19,7 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
@@ -45,7 +45,7 @@ def shard_images(count: int, settings: CacheSettings) -> int:
     """Images per shard for a list of `count` files: about 64 shards a list, so a kill loses little
     and many processes find work, within 16..1024 images and 64 MiB."""
     wanted = max(MIN_SHARD_IMAGES, -(-count // 64))
-    return max(1, min(MAX_SHARD_IMAGES, SHARD_BYTES // settings.image_bytes(), wanted))
+    return max(1, min(MAX_SHARD_IMAGES, SHARD_BYTES // settings.entry_bytes(), wanted))
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,36 @@ def _wait_for_turn(store: Path, stack: ExitStack) -> bool:
     return waited
 
 
+def write_shards(store: Path, plan: Sequence[Shard], keys: np.ndarray, settings: CacheSettings,
+                 produce: Callable[[np.ndarray], Iterator[Decoded]], bar: tqdm) -> int:
+    """Write the planned shards this process gets the lock of, then wait for the others' and write any
+    still incomplete: `produce(rows)` gives the entries of those rows of the list, in order. How many
+    entries this process produced."""
+    produced, waiting = 0, []
+
+    def write_held(shard: Shard, lock) -> int:
+        try:
+            if is_complete(store, shard.name):  # finished by another process since the plan
+                return 0
+            write_shard(store, shard.name, keys[shard.rows], settings, produce(shard.rows), bar)
+            return len(shard.rows)
+        finally:
+            lock.release()
+
+    for shard in plan:
+        lock = shard_lock(store, shard.name)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:  # another process is writing it: come back once through
+            waiting.append((shard, lock))
+            continue
+        produced += write_held(shard, lock)
+    for shard, lock in waiting:
+        lock.acquire()
+        produced += write_held(shard, lock)
+    return produced
+
+
 def fill_store(store: Path, paths: Sequence[Path], keys: np.ndarray, settings: CacheSettings,
                workers: int | None = None, part: tuple[int, int] | None = None) -> int:
     """Write the shards `paths` (with entry `keys`) need, or only part K of N; how many images this
@@ -127,29 +157,6 @@ def fill_store(store: Path, paths: Sequence[Path], keys: np.ndarray, settings: C
             if not plan:
                 return 0
         total = sum(len(shard.rows) for shard in plan)
-        decoded, waiting = 0, []
         bar = stack.enter_context(tqdm(total=total, desc="Decoding images into the cache", unit="img", leave=False))
         decode = _Decoder(settings, workers, total, stack)
-
-        def write_held(shard: Shard, lock) -> int:
-            try:
-                if is_complete(store, shard.name):  # finished by another process since the plan
-                    return 0
-                write_shard(store, shard.name, keys[shard.rows], settings,
-                            decode([Path(paths[r]) for r in shard.rows]), bar)
-                return len(shard.rows)
-            finally:
-                lock.release()
-
-        for shard in plan:
-            lock = shard_lock(store, shard.name)
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:  # another process is writing it: come back once through
-                waiting.append((shard, lock))
-                continue
-            decoded += write_held(shard, lock)
-        for shard, lock in waiting:
-            lock.acquire()
-            decoded += write_held(shard, lock)
-    return decoded
+        return write_shards(store, plan, keys, settings, lambda rows: decode([Path(paths[r]) for r in rows]), bar)

@@ -1,5 +1,9 @@
 """What identifies a cache entry: its file (path, size, mtime) within a store of one CacheSettings.
 
+A store's settings are any frozen dataclass with digest(), entry_shape(), entry_bytes() and dtype:
+the store, its shards and its reader know nothing else of them (the frozen-backbone feature cache of
+src/training/feature_cache.py has its own).
+
 The settings, the decoder's name among them, choose the store; (path, size, mtime) chooses the
 entry in it. Decoders are module-level functions registered by name, so pool workers (spawned)
 find them by import and a new kind of entry (e.g. lung masks) is one more `register_decoder`.
@@ -52,7 +56,11 @@ class CacheSettings:
         text = json.dumps([CACHE_FORMAT_VERSION, asdict(self)], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def image_bytes(self) -> int:
+    def entry_shape(self) -> tuple[int, ...]:
+        """The shape of one stored entry: an image's [size, size]."""
+        return self.image_size, self.image_size
+
+    def entry_bytes(self) -> int:
         return self.image_size * self.image_size * np.dtype(self.dtype).itemsize
 
 

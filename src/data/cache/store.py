@@ -107,13 +107,12 @@ def read_index(store: Path) -> Index:
 
 def write_shard(store: Path, name: str, keys: np.ndarray, settings: CacheSettings,
                 decoded: Iterable[Decoded], bar: tqdm) -> None:
-    """Write the shard of `keys` from their decoded images, in order; complete once this returns."""
-    size = settings.image_size
+    """Write the shard of `keys` from their decoded entries, in order; complete once this returns."""
     # A memory map on a full disk fails with SIGBUS at the first page it cannot store: refuse first.
-    require_free_space(store, len(keys) * settings.image_bytes(), f"the image cache shard {name}")
+    require_free_space(store, len(keys) * settings.entry_bytes(), f"the cache shard {store / name}")
     partial = store / f".{name}.npy.{os.getpid()}.partial"
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.dtype(settings.dtype),
-                                       shape=(len(keys), size, size))
+                                       shape=(len(keys), *settings.entry_shape()))
     shapes, failures = np.zeros((len(keys), 2), dtype=np.int32), {}
     try:
         for slot, (stored, shape, error) in enumerate(decoded):

@@ -31,8 +31,9 @@ class ShardedImages:
                  settings: CacheSettings) -> None:
         self.store, self.names, self.shards, self.slots = store, names, shards, slots
         self.dtype = np.dtype(settings.dtype)
-        self.shape = (len(shards), settings.image_size, settings.image_size)
-        self.ndim, self.nbytes, self.image_bytes = 3, len(shards) * settings.image_bytes(), settings.image_bytes()
+        self.shape = (len(shards), *settings.entry_shape())
+        self.ndim, self.nbytes, self.image_bytes = len(self.shape), len(shards) * settings.entry_bytes(), \
+            settings.entry_bytes()
         self._open: OrderedDict[int, io.FileIO] = OrderedDict()
         self._data_at: dict[int, int] = {}  # shard -> offset of its first image (after the .npy header)
 
