@@ -132,11 +132,15 @@ def build(name: str, pretrained: bool, pretrained_path: str, image_size: int) ->
 
 
 def blocks(backbone: HFFeatures) -> list[list[str]]:
-    """The parameter names of each encoder layer, the last with what follows the encoder (its layer norm)."""
-    layers = [f"model.encoder.layer.{child}" for child, _ in backbone.model.encoder.layer.named_children()]
-    tail = tuple(f"model.{child}" for child, module in backbone.model.named_children()
-                 if child not in ("embeddings", "encoder") and any(True for _ in module.parameters()))
-    return blocks_by_prefix(backbone, [(layer,) for layer in layers[:-1]] + [(layers[-1], *tail)])
+    """The parameter names of each layer of the transformer's layer stack (its largest ModuleList:
+    encoder.layer in DINOv2, layers in transformers 5's ViT), the last with what follows the stack (the
+    final layer norm)."""
+    stacks = [(name, module) for name, module in backbone.named_modules() if isinstance(module, nn.ModuleList)]
+    stack, layers = max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
+    found = blocks_by_prefix(backbone, [(f"{stack}.{child}",) for child, _ in layers.named_children()])
+    names = [name for name, _ in backbone.named_parameters()]
+    found[-1] += names[names.index(found[-1][-1]) + 1:]
+    return found
 
 
 def hf_config(name: str):
