@@ -167,6 +167,13 @@ class OptimizationConfig:
     warmup_epochs: int = key(1, "warmup_cosine: epochs of linear warmup; onecycle: their share sets pct_start.",
                              min=0)
     min_lr: float = key(1e-7, "Lowest learning rate of plateau and cosine schedules.", min=0)
+    layer_decay: float = key(
+        1.0, "Layer-wise learning-rate decay: the backbone's last block learns at learning_rate x this, each "
+        "block below at this times the one above, the stem last; 1: every layer at learning_rate.",
+        min=0, max=1, min_exclusive=True)
+    head_lr_multiplier: float = key(
+        1.0, "The zone heads learn at learning_rate x this (e.g. 10 to fine-tune a pretrained backbone gently).",
+        min=0, min_exclusive=True)
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         "train_loss": average_scalar(train_loss, loss_count, settings.dist),
         "train_f1_macro": metrics["f1_macro"],
         "train_accuracy": metrics["accuracy"],
-        "lr": optimizer.param_groups[0]["lr"],
+        # The schedule's learning rate, without a group's layer-decay or head multiplier (lr_scale).
+        "lr": optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_scale", 1.0),
         "grad_norm": norm_sum / applied if applied else math.nan,
         "skipped_steps": int(skipped),
         "images_per_second": settings.dist.world_size * images_seen / elapsed if elapsed > 0 else math.nan,

@@ -9,17 +9,22 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from src.config.schema import Config
+from src.models.freeze import layer_lr_scales
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True) -> list[dict]:
-    """Decay the weights; with `no_decay_norm_bias`, biases and normalisation parameters (the 1-D
-    tensors) are not regularised, since shrinking them only shifts activations."""
-    decay, no_decay = [], []
-    for param in model.parameters():
+def parameter_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool = True,
+                     lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """The trainable parameters (those with requires_grad) in groups. Weights decay; with
+    `no_decay_norm_bias`, biases and normalisation parameters (the 1-D tensors) are not regularised,
+    since shrinking them only shifts activations. With `lr_scales` (parameter name -> multiplier of the
+    learning rate), one group per multiplier, largest first, each recording it as 'lr_scale'."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if no_decay_norm_bias and param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
+            scale = lr_scales[name] if lr_scales else 1.0
+            groups.setdefault((scale, no_decay_norm_bias and param.ndim <= 1), []).append(param)
+    return [{"params": params, "weight_decay": 0.0 if exempt else weight_decay, "lr_scale": scale}
+            for (scale, exempt), params in sorted(groups.items(), key=lambda item: (-item[0][0], item[0][1]))]
 
 
 # Where Adam and AdamW run fused: one kernel for all parameters, which also takes the loop's skip
@@ -28,14 +33,20 @@ _FUSED_DEVICES = ("cpu", "cuda")
 
 
 def create_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """The [Optimization] optimizer over `model`'s parameters, which are on their device already.
+    """The [Optimization] optimizer over `model`'s parameters that train (requires_grad), which are on
+    their device already: each at learning_rate x its layer-decay or head multiplier ([Optimization]
+    layer_decay, head_lr_multiplier).
 
     SGD and RMSprop run unfused: RMSprop has no fused kernel, and fused SGD skips a step
     (found_inf) without initialising its momentum buffers, which a skipped first step then leaves
     holding uninitialised memory (seen on CPU, torch 2.14).
     """
     opt, lr = cfg.optimization, cfg.training.learning_rate
-    groups = parameter_groups(model, opt.weight_decay, opt.no_decay_norm_bias)
+    scales = (layer_lr_scales(model, opt.layer_decay, opt.head_lr_multiplier)
+              if (opt.layer_decay, opt.head_lr_multiplier) != (1.0, 1.0) else None)
+    groups = parameter_groups(model, opt.weight_decay, opt.no_decay_norm_bias, scales)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     fused = all(p.device.type in _FUSED_DEVICES for group in groups for p in group["params"])
     if opt.optimizer == "adam":
         return torch.optim.Adam(groups, lr=lr, fused=fused)
@@ -92,7 +103,8 @@ def create_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, monitor_mode
         # OneCycleLR needs at least two steps in each phase, even for very short (debug) runs.
         total = max(epochs * steps_per_epoch, 4)
         warmup_share = opt.warmup_epochs / epochs if opt.warmup_epochs else 0.3
-        return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.training.learning_rate, total_steps=total,
+        max_lr = [group["lr"] for group in optimizer.param_groups]  # each group's own (layer decay)
+        return Schedule(lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total,
                                                 pct_start=min(max(warmup_share, 2 / total), 1 - 2 / total)),
                         per_step=True)
     if name == "warmup_cosine":
