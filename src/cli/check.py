@@ -35,6 +35,19 @@ def _masks_line(zones: ZoneMaps, cache_rows: np.ndarray, mask_dir: str) -> str:
             f"of the input (mean); cached in {zones.masks.path.name} ({zones.masks.decoded} decoded now)")
 
 
+def _features_line(cfg: Config, bundle) -> str:
+    """Build (or find) the frozen backbone's feature cache training will read, and say what it holds."""
+    from src.training.feature_cache import prebuild_feature_cache, uses_feature_cache  # imports torch
+
+    if not uses_feature_cache(cfg):
+        return "not cached: a distillation teacher reads the images"
+    cache = prebuild_feature_cache(cfg, bundle)
+    features = cache.features
+    return (f"{cache.path} ({cache.computed} computed now, {len(features) - cache.computed} reused; "
+            f"{len(features)} x {features.shape[1]}x{features.shape[2]} {features.dtype}, "
+            f"{features.nbytes / 2**20:.1f} MiB)")
+
+
 def run_check(cfg: Config, options: dict[str, Any]) -> None:
     if options.get("shard"):  # only the cache: the weights are the check's without --shard
         part, parts = options["shard"]
@@ -69,6 +82,8 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
         outcome = table["outcome"]
         echo(f"Outcome       {cfg.evaluation.outcome_column}: {int((outcome == 1).sum())} positive, "
              f"{int((outcome == 0).sum())} negative, {int(outcome.isna().sum())} not known")
+    if cfg.model.freeze == "backbone" and cfg.training.feature_cache:
+        echo(f"Features      {_features_line(cfg, bundle)}")
     echo("\nZone scores (images per class)")
     echo(label_counts(table).to_string())
     echo("\nSplit")

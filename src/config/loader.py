@@ -73,7 +73,8 @@ def describe_allowed(fld: dataclasses.Field) -> str:
         return ("a metric of validation_history.json, e.g. val_loss, val_f1_macro, val_qwk, val_csi_mae, "
                 "val_ahf_accuracy, val_f1_macro_right_sup")
     if meta["choices"]:
-        named = "".join(f", {prefix}<name>" for prefix in meta["prefixes"])
+        kind = "<name>" if meta["prefix_min"] is None else f"N (a whole number >= {meta['prefix_min']})"
+        named = "".join(f", {prefix}{kind}" for prefix in meta["prefixes"])
         return "one of " + ", ".join(meta["choices"] + tuple(meta["aliases"])) + named
     if kind == "bool":
         return "true or false"
@@ -115,8 +116,13 @@ def parse_value(fld: dataclasses.Field, raw: Any, where: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(problem) from None
     prefix = next((p for p in meta["prefixes"] if value.lower().startswith(p)), None)
-    if prefix and value[len(prefix):].strip():  # the name keeps its case: hub repositories are case-sensitive
-        return prefix + value[len(prefix):].strip()
+    rest = value[len(prefix):].strip() if prefix else ""
+    if rest and meta["prefix_min"] is not None:
+        if not rest.isdigit() or int(rest) < meta["prefix_min"]:
+            raise ConfigError(problem)
+        return prefix + str(int(rest))
+    if rest:  # the name keeps its case: hub repositories are case-sensitive
+        return prefix + rest
     if meta["choices"]:
         lowered = value.lower()
         lowered = meta["aliases"].get(lowered, lowered)
@@ -227,6 +233,12 @@ def validate(cfg: Config, origin: str = "config") -> None:
     if workers != "auto" and not (workers.isdigit() and workers.isascii()):
         raise ConfigError(f"{origin}: [Training] num_workers = {workers!r} is not allowed: expected auto or an "
                           "integer >= 0")
+    if cfg.training.unfreeze_epoch and cfg.model.freeze == "none":
+        raise ConfigError(f"{origin}: [Training] unfreeze_epoch = {cfg.training.unfreeze_epoch} needs frozen weights "
+                          "to unfreeze: set [Model] freeze = backbone or all_but_last:N, or unfreeze_epoch = 0")
+    if cfg.training.ema_decay == 1:
+        raise ConfigError(f"{origin}: [Training] ema_decay = 1 is not allowed: the average would never move; expected "
+                          "0 (off) or a number below 1 such as 0.999")
     device = cfg.training.device
     if device not in ("auto", "cpu", "cuda", "mps") and not (
         device.startswith("cuda:") and device[5:].isdigit()

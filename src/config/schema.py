@@ -25,11 +25,13 @@ def key(
     flag: str | None = None,
     metric: bool = False,
     prefixes: tuple[str, ...] = (),
+    prefix_min: int | None = None,
 ) -> Any:
     """Declare one config key: default plus the metadata the rest of the tool reads.
 
     `metric`: the value names a validation metric, checked against the names src/config/names.py
-    publishes. `prefixes`: besides the choices, any value made of one of them and a name is allowed."""
+    publishes. `prefixes`: besides the choices, any value made of one of them and a name is allowed;
+    with `prefix_min`, one of them and a whole number >= prefix_min."""
     meta = {
         "help": help,
         "choices": choices,
@@ -40,6 +42,7 @@ def key(
         "flag": flag,
         "metric": metric,
         "prefixes": prefixes,
+        "prefix_min": prefix_min,
     }
     return field(default=default, metadata=meta)
 
@@ -86,6 +89,18 @@ class TrainingConfig:
     max_nonfinite_steps: int = key(
         10, "Steps with a non-finite loss or gradient are skipped; this many in a row stop training.",
         min=1)
+    unfreeze_epoch: int = key(
+        0, "With [Model] freeze: from this epoch on the whole model trains (the heads first, on the frozen "
+        "backbone, then everything); 0: the frozen part stays frozen.", min=0)
+    ema_decay: float = key(
+        0.0, "Keep an exponential moving average of the weights, ema = decay x ema + (1 - decay) x weights after "
+        "every optimizer step, and validate, checkpoint and export it in place of the raw weights (e.g. 0.999; "
+        "about 1 / (1 - decay) steps are averaged); 0: off.", min=0, max=1)
+    feature_cache: bool = key(
+        True, "With [Model] freeze = backbone: compute the frozen backbone's pooled zone features once per image, "
+        "keep them beside the image cache (reused by later runs, hyperopt trials, sweep runs and cv folds) and "
+        "train the heads on them with no backbone pass; augmentation cannot change them (a warning says so). "
+        "false: run the frozen backbone on every (augmented) batch.")
     output_dir: str = key("models", "Directory under which each run gets its own sub-directory.")
     run_name: str = key("run", "Suffix of the run directory name <timestamp>_<arch>_<run_name>.")
 
@@ -113,8 +128,20 @@ class ModelConfig:
         "", "chexnet: which torchxrayvision weights, e.g. densenet121-res224-all (empty: that one), -chex, -nih, "
             "-mimic_ch, -mimic_nb, -pc, -rsna.")
     pretrained_path: str = key(
-        "", "Local weights to initialise the backbone from instead of downloading: a state-dict file, or for "
-            "raddino and hf: a snapshot directory (config.json + model.safetensors)."
+        "", "Local weights to initialise the backbone from instead of downloading: a state-dict file, for "
+            "raddino and hf: a snapshot directory (config.json + model.safetensors), or a checkpoint of this tool "
+            "(a run's best_model.pth, of the same model_arch), whose backbone is taken and whose input "
+            "normalisation is the weights'."
+    )
+    freeze: str = key(
+        "none",
+        "Which backbone weights stay fixed: none; backbone (only the zone heads train, e.g. a linear probe of "
+        "RAD-DINO; see [Training] feature_cache); all_but_last:N (the last N blocks train: ResNet stages, "
+        "DenseNet blocks, ViT/DINOv2 encoder layers, timm's stages or blocks). Frozen BatchNorm keeps its "
+        "statistics; the optimizer holds only the weights that train.",
+        choices=("none", "backbone"),
+        prefixes=("all_but_last:",),
+        prefix_min=1,
     )
     num_classes: int = key(
         5, "Classes per zone: 0 Normal, 1 Mild, 2 Moderate, 3 Severe, 4 Unknown.", min=5, max=5

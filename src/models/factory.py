@@ -45,7 +45,9 @@ class CSIModel(nn.Module):
         self.focus = zone_focus if zone_pooling == "mask" else "pool"
         pooling = zone_pooling if zone_pooling != "mask" or self.focus == "pool" else "passes"
         self.head = ZoneHead(channels, num_classes, dropout, pooling)
-        self.frozen_modules: tuple[str, ...] = ()  # set by src/models/freeze.py
+        # Set by src/models/freeze.py: the parameters it froze, and the modules made only of them.
+        self.frozen_parameters: frozenset[str] = frozenset()
+        self.frozen_modules: tuple[str, ...] = ()
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """What the zone classifiers read: [B, 6, C] (or [B, 1, C] for global pooling, see ZoneHead.pool)."""

@@ -11,9 +11,11 @@ weights computed before training.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from src.models.factory import CSIModel
+from src.config.schema import Config
+from src.models.factory import CSIModel, build_architecture
 from src.models.zoo import backbone_blocks
 from src.utils.errors import ConfigError
 
@@ -49,6 +51,14 @@ def frozen_parameters(model: CSIModel, spec: str) -> set[str]:
     return {name for name, depth in parameter_depths(model).items() if depth > keep}
 
 
+def check_freeze(cfg: Config) -> None:
+    """Refuse, before any data work, all_but_last:N beyond the backbone's blocks (counted on an untrained
+    copy built on the meta device: no memory, no weights read)."""
+    if trainable_blocks(cfg.model.freeze):
+        with torch.device("meta"):
+            frozen_parameters(build_architecture(cfg), cfg.model.freeze)
+
+
 def _wholly_frozen(module: nn.Module, frozen: set[str], prefix: str = "") -> list[str]:
     """The outermost submodules whose parameters are all frozen."""
     names = [prefix + name for name, _ in module.named_parameters()]
@@ -59,10 +69,16 @@ def _wholly_frozen(module: nn.Module, frozen: set[str], prefix: str = "") -> lis
 
 
 def freeze(model: CSIModel, spec: str) -> None:
-    """Freeze what `spec` (none, backbone, all_but_last:N) freezes in `model` and unfreeze the rest."""
+    """Freeze what `spec` (none, backbone, all_but_last:N) freezes in `model`, and unfreeze what an earlier
+    call froze and this one does not (a parameter set aside for another reason, such as one no step
+    trains under DDP, src/training/parallel.py, stays as it is)."""
     frozen = frozen_parameters(model, spec)
     for name, param in model.named_parameters():
-        param.requires_grad_(name not in frozen)
+        if name in frozen:
+            param.requires_grad_(False)
+        elif name in model.frozen_parameters:
+            param.requires_grad_(True)
+    model.frozen_parameters = frozenset(frozen)
     model.frozen_modules = tuple(_wholly_frozen(model, frozen))
     model.train(model.training)  # a model in training mode puts its newly frozen modules in eval mode
 

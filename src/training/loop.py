@@ -19,6 +19,7 @@ import contextlib
 import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -169,7 +170,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
                 scaler: torch.amp.GradScaler | None = None, batch_scheduler=None,
                 prepare: BatchPreparer | None = None, teacher: nn.Module | None = None,
                 probabilities: Probabilities = softmax_probabilities,
-                guard: NonFiniteGuard | None = None, stop: threading.Event | None = None) -> dict[str, float]:
+                guard: NonFiniteGuard | None = None, stop: threading.Event | None = None,
+                after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over `loader`; returns train_loss, train metrics, lr, grad_norm and throughput.
 
     `scaler`: fp16 gradient scaler; `batch_scheduler`: stepped after every optimizer step, skipped
@@ -178,7 +180,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
     (src/data/prepare.py; default: batches that are model inputs already); `teacher`: distillation, its
     logits go to the criterion; `guard`: the run's count of bad steps (default: one for this epoch);
     `stop`: once set on any rank, every rank ends the epoch with StepInterrupted at the end of the same
-    optimizer step (and sets its own `stop`).
+    optimizer step (and sets its own `stop`); `after_step()`: called after every optimizer step, skipped
+    ones included (the weights' EMA, which then moves toward unchanged weights: no host read of the skip).
     """
     settings = settings or LoopSettings()
     prepare = prepare or BatchPreparer()
@@ -246,6 +249,8 @@ def train_epoch(model: nn.Module, loader, criterion: nn.Module, optimizer: torch
         _apply_step(optimizer, skip)
         if scaler is not None:
             scaler.update()  # from the gradients' own overflow check: backs off after an overflow
+        if after_step is not None:
+            after_step()
         optimizer.zero_grad(set_to_none=True)
         if batch_scheduler is not None:
             batch_scheduler.step()

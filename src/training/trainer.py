@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,9 +20,14 @@ from src.data.prepare import BatchPreparer
 from src.data.preprocess import Normalization
 from src.engine.settings import LoopSettings, place_model
 from src.models.factory import build_model, weight_bytes
+from src.models.freeze import check_freeze
+from src.models.heads import PooledHead
 from src.models.zoo import check_weights, resolve_preprocessing
 from src.training.callbacks import resolve_mode
 from src.training.distillation import build_distillation
+from src.training.ema import RAW_WEIGHTS, WeightEMA
+from src.training.feature_cache import build_feature_cache
+from src.training.finetune import FreezeSchedule, heads_only
 from src.training.loggers import create_loggers
 from src.training.loop import NonFiniteGuard, StepInterrupted, train_epoch, validate_epoch
 from src.training.loss import build_criterion
@@ -95,6 +101,19 @@ def resume_point(target: str | Path) -> ResumePoint:
     return ResumePoint(path, state)
 
 
+@dataclass
+class Phase:
+    """What an epoch trains and reads: the whole model on images, or its zone heads on cached features."""
+
+    net: torch.nn.Module  # what train_epoch steps (compiled and/or distributed)
+    model: torch.nn.Module  # what validate_epoch reads
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    settings: LoopSettings
+    prepare: BatchPreparer  # training batches to the model's input (augmented images; features as they are)
+    prepare_eval: BatchPreparer
+
+
 class _Trainer:
     """One training run: construction builds everything and writes nothing; `fit` opens the run
     directory and runs the epochs. Split out of train_model for readability."""
@@ -102,6 +121,7 @@ class _Trainer:
     def __init__(self, cfg: Config, data: DataBundle | None, debug: DebugRun, resume: ResumePoint | None,
                  provenance: str = "", run_dir: Path | None = None) -> None:
         check_weights(cfg.model)  # cheap: before any data work; the weights load with the model
+        check_freeze(cfg)
         self.debug, self.resume = debug, resume
         self.provenance, self.given_run_dir = provenance, run_dir
         seed_everything(cfg.training.seed)
@@ -118,11 +138,14 @@ class _Trainer:
         # The model's normalisation, its weights' (which resolving announces), is the resolved config's
         # alone: the data hold stored pixels, which the batch preparers normalise on the device.
         self.cfg = cfg = resolve_preprocessing(cfg)
-        self._make_loaders()
+        self.train_loader, self.val_loader = self._loaders(self.data.dataset("train"), self.data.dataset("val"))
         self._require_checkpoint_space()
-        settings = LoopSettings.from_config(cfg, self.device)
+        # Heads on cached features run in fp32 whatever the model's precision: no need to time the model.
+        settings = LoopSettings.from_config(cfg, self.device, measure=not heads_only(cfg))
         self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
         self.model = place_model(build_model(cfg), self.device, self.settings)
+        self.freezing = FreezeSchedule(cfg, self.model)  # before the optimizer, which holds what trains
+        self.feature_phase: Phase | None = None  # made the first epoch that reads cached features
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
         self.criterion = build_criterion(cfg, self.data.labels("train"))
@@ -131,6 +154,7 @@ class _Trainer:
             self.teacher, self.criterion = build_distillation(cfg, self.criterion, self.device)
         self.criterion = self.criterion.to(self.device)
         self.optimizer = create_optimizer(self.model, cfg)
+        self.ema = WeightEMA(self.model, cfg.training.ema_decay) if cfg.training.ema_decay else None
         steps = -(-len(self.train_loader) // cfg.training.gradient_accumulation_steps)
         self.schedule = create_scheduler(self.optimizer, cfg, self.mode, steps)
         # overfitting a fixed batch means seeing it unchanged; each rank draws its own augmentations
@@ -165,10 +189,9 @@ class _Trainer:
             if self.dist.is_main:
                 logger.info("BatchNorm synchronised over the processes ([Training] sync_batchnorm)")
 
-    def _make_loaders(self) -> None:
+    def _loaders(self, train_set, val_set) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+        """The training and validation loaders of these datasets (images, or cached features)."""
         cfg, debug, dist = self.cfg, self.debug, self.dist
-        train_set = self.data.dataset("train")
-        val_set = self.data.dataset("val")
         batch, limit, shuffle = cfg.training.batch_size, None, True
         if debug.fast_dev_run:
             limit = batch
@@ -178,14 +201,34 @@ class _Trainer:
             raise ConfigError(f"{cfg.data.labels_csv}: the train and val splits need at least one image each "
                               f"(got {len(train_set)} and {len(val_set)})")
         common = {**loader_options(cfg.training, self.device), "rank": dist.rank, "world_size": dist.world_size}
-        self.train_loader = make_loader(train_set, batch, shuffle=shuffle, seed=cfg.training.seed, limit=limit,
-                                        **common)
+        train_loader = make_loader(train_set, batch, shuffle=shuffle, seed=cfg.training.seed, limit=limit,
+                                   **common)
         val_limit = limit if (debug.fast_dev_run or debug.overfit_batches) else None
-        self.val_loader = make_loader(val_set, cfg.evaluation.batch_size, shuffle=False, limit=val_limit,
-                                      keep_all=True, **common)
-        if len(self.train_loader) == 0:
+        val_loader = make_loader(val_set, cfg.evaluation.batch_size, shuffle=False, limit=val_limit, keep_all=True,
+                                 **common)
+        if len(train_loader) == 0:
             raise ConfigError(f"[Training] batch_size = {batch}: too few training images for "
                               f"{dist.world_size} processes")
+        return train_loader, val_loader
+
+    def _phase(self, epoch: int) -> Phase:
+        """Freeze what `epoch` freezes, and what it trains: the heads on cached features while the whole
+        backbone is frozen ([Training] feature_cache), else the model."""
+        if self.freezing.start(epoch) and self.dist.enabled:  # DDP syncs the weights that trained when wrapped
+            size = self.cfg.data.image_size
+            freeze_unused_parameters(self.model, (2, self.model.input_channels, size, size), self.device, self.dist)
+            self.net = wrap_model(self.model, self.cfg.training.compile, self.dist, self.device)
+        if not self.freezing.reads_features(epoch):
+            return Phase(self.net, self.model, self.train_loader, self.val_loader, self.settings,
+                         self.prepare_train, self.prepare_eval)
+        if self.feature_phase is None:
+            cache = build_feature_cache(self.model, self.cfg, self.data, self.device)
+            loaders = self._loaders(cache.dataset(self.data, "train"), cache.dataset(self.data, "val"))
+            heads = PooledHead(self.model.head)
+            self.feature_phase = Phase(wrap_model(heads, False, self.dist, self.device), heads, *loaders,
+                                       replace(self.settings, dtype=torch.float32, channels_last=False),
+                                       BatchPreparer(), BatchPreparer())
+        return self.feature_phase
 
     def _open_run_dir(self) -> Path | None:
         """The run directory: the resumed one, or the given or a new one, where config.ini and
@@ -213,21 +256,25 @@ class _Trainer:
 
     def _require_checkpoint_space(self) -> None:
         """Fail before training when the disk cannot hold the run's checkpoints: each holds the
-        weights and up to two optimizer moments per weight; a new run keeps best, last and the
-        top-k, and one more is being written at a time (a resumed run replaces its own)."""
+        weights (with EMA, their average too) and up to two optimizer moments per weight; a new run
+        keeps best, last and the top-k, and one more is being written at a time (a resumed run
+        replaces its own)."""
         if self.debug.fast_dev_run or not self.dist.is_main:
             return  # nothing written here
         directory = self.resume.path.parent if self.resume else self.given_run_dir or Path(
             self.cfg.training.output_dir)
         files = 1 if self.resume else 3 + self.cfg.callbacks.save_top_k
-        require_free_space(directory, 3 * weight_bytes(self.cfg) * files,
+        copies = 3 + (self.cfg.training.ema_decay > 0)  # the raw weights beside their average
+        require_free_space(directory, copies * weight_bytes(self.cfg) * files,
                            "this run's checkpoints ([Training] output_dir)")
 
     def _checkpoint(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
         """Everything an exact resume after `epoch` (and `next_batch` batches of the next one)
         needs; the only tensors are the model's and the optimizer's."""
+        ema = {RAW_WEIGHTS: self.ema.raw_weights()} if self.ema else {}
         return {
-            "model": self.model.state_dict(), "arch": self.model.arch_name, "epoch": epoch, "metrics": metrics,
+            "model": self.ema.state_dict(self.model) if self.ema else self.model.state_dict(), **ema,
+            "arch": self.model.arch_name, "epoch": epoch, "metrics": metrics,
             "next_batch": next_batch,
             "config": self.cfg_text, "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -238,6 +285,8 @@ class _Trainer:
     def _restore(self, resume: ResumePoint) -> None:
         state = resume.state
         self.model.load_state_dict(state["model"])
+        if self.ema:  # "model" holds the average: continue it, and the raw weights training steps
+            self.ema.load(state["model"], state[RAW_WEIGHTS])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
         if self.scaler and state.get("scaler"):
@@ -271,18 +320,21 @@ class _Trainer:
                    on_epoch_end: Callable[[int, dict], None] | None) -> None:
         """Train, validate, record and checkpoint one epoch."""
         first = self.first_batch if epoch == self.start_epoch else 0
-        self.train_loader.batch_sampler.set_epoch(epoch, first)
-        self.prepare_train.set_epoch(epoch, first)
+        phase = self._phase(epoch)
+        phase.train_loader.batch_sampler.set_epoch(epoch, first)
+        phase.prepare.set_epoch(epoch, first)
         try:
             train_metrics = train_epoch(
-                self.net, self.train_loader, self.criterion, self.optimizer, self.device, epoch, self.settings,
+                phase.net, phase.train_loader, self.criterion, self.optimizer, self.device, epoch, phase.settings,
                 scaler=self.scaler, batch_scheduler=self.schedule.scheduler if self.schedule.per_step else None,
-                prepare=self.prepare_train, teacher=self.teacher, probabilities=self.criterion.probabilities,
-                guard=self.guard, stop=stop)
+                prepare=phase.prepare, teacher=self.teacher, probabilities=self.criterion.probabilities,
+                guard=self.guard, stop=stop, after_step=self.ema.update if self.ema else None)
         except StepInterrupted as interrupted:
             self._save_interrupted(epoch, first + interrupted.batches)
-        val_metrics = validate_epoch(self.model, self.val_loader, self.criterion, self.device, epoch, self.settings,
-                                     probabilities=self.criterion.probabilities, prepare=self.prepare_eval)
+        with self.ema.applied() if self.ema else nullcontext():  # the average is what is validated and kept
+            val_metrics = validate_epoch(phase.model, phase.val_loader, self.criterion, self.device, epoch,
+                                         phase.settings, probabilities=self.criterion.probabilities,
+                                         prepare=phase.prepare_eval)
         improved = self.state.record(train_metrics, val_metrics)
         value = val_metrics[self.monitor]  # a published name: the config's validation checked it
         self.schedule.step_epoch(value)
@@ -361,6 +413,8 @@ class _Trainer:
                 # The monitored metric was never defined: the last epoch stands in as the best.
                 save_checkpoint(self.run_dir / BEST, self._checkpoint(int(best["epoch"]), best))
                 loggers.log_best_checkpoint(self.run_dir / BEST, int(best["epoch"]), best)
+        if self.ema:  # the model ends with the average, as it was validated and checkpointed
+            self.ema.copy_to_model()
         if cfg.callbacks.restore_best_weights:
             self._load_best_weights()
         return TrainResult(run_dir=self.run_dir, best_epoch=int(best["epoch"]),
