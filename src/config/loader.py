@@ -233,9 +233,6 @@ def validate(cfg: Config, origin: str = "config") -> None:
     if workers != "auto" and not (workers.isdigit() and workers.isascii()):
         raise ConfigError(f"{origin}: [Training] num_workers = {workers!r} is not allowed: expected auto or an "
                           "integer >= 0")
-    if cfg.training.unfreeze_epoch and cfg.model.freeze == "none":
-        raise ConfigError(f"{origin}: [Training] unfreeze_epoch = {cfg.training.unfreeze_epoch} needs frozen weights "
-                          "to unfreeze: set [Model] freeze = backbone or all_but_last:N, or unfreeze_epoch = 0")
     if cfg.training.ema_decay == 1:
         raise ConfigError(f"{origin}: [Training] ema_decay = 1 is not allowed: the average would never move; expected "
                           "0 (off) or a number below 1 such as 0.999")

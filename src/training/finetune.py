@@ -26,6 +26,9 @@ class FreezeSchedule:
     def __init__(self, cfg: Config, model: CSIModel) -> None:
         self.model, self.spec, self.unfreeze_epoch = model, cfg.model.freeze, cfg.training.unfreeze_epoch
         self.cached = uses_feature_cache(cfg)
+        if self.unfreeze_epoch and self.spec == "none":  # searchable alone, so not refused: said
+            logger.warning(f"[Training] unfreeze_epoch = {self.unfreeze_epoch} has nothing to unfreeze: [Model] "
+                           "freeze = none")
         self.current = "none" if self.unfreeze_epoch else self.spec
         freeze(model, self.current)
         if self.cached and BatchAugmenter(cfg.augmentation, 0.0, 1.0).active:
