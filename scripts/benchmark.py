@@ -659,6 +659,13 @@ def lung_masks(bench: Bench) -> Section:
     return masks_section(bench, base_config)
 
 
+@comparison("finetune", "Fine-tuning: RAD-DINO's cached features vs full fine-tuning, a head search, transfer, EMA")
+def finetune(bench: Bench) -> Section:
+    from bench_finetune import finetune_section
+
+    return finetune_section(bench)
+
+
 @comparison("gpu", "GPU")
 def gpu(bench: Bench) -> Section:
     import torch

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO
 
-# search, memory and masks start several trainings: see the long test
+# search, memory, masks and finetune start several trainings: see the long test
 FAST = "loop,data,precision,startup,onnx,backbones,gpu,cache"
 
 
@@ -50,9 +50,10 @@ def test_quick_benchmark_writes_every_fast_comparison(tmp_path, tiny_dataset):
 
 
 @pytest.mark.long
-def test_quick_benchmark_runs_the_search_memory_and_masks_comparisons(tmp_path, tiny_dataset):
-    report = _run_quick(tmp_path, tiny_dataset, "search,memory,masks")
+def test_quick_benchmark_runs_the_search_memory_masks_and_finetune_comparisons(tmp_path, tiny_dataset):
+    report = _run_quick(tmp_path, tiny_dataset, "search,memory,masks,finetune")
     names = " ".join(row["name"] for row in report["comparisons"])
     for expected in ("wall time", "best validation macro F1", "first training batch", "demo training",
-                     "cache build of", "predict on", "six masked passes", "pose-varied demo"):
+                     "cache build of", "predict on", "six masked passes", "pose-varied demo", "one feature pass",
+                     "heads on cached features", "study of head settings", "test macro F1"):
         assert expected in names

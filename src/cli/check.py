@@ -60,6 +60,10 @@ def run_check(cfg: Config, options: dict[str, Any]) -> None:
         from src.models.zoo import check_weights  # imports torch (a second): only when weights are asked for
 
         check_weights(m)  # the pretrained weights asked for are at hand (or may be downloaded)
+    if m.freeze.startswith("all_but_last:"):
+        from src.models.freeze import check_freeze  # imports torch: only when there are blocks to count
+
+        check_freeze(cfg)  # the backbone has that many blocks
     bundle = load_data(cfg, with_outcome=True)
     table, cache = bundle.table, bundle.cache
     formats = Counter(file_extension(p) for p in table["path"])

@@ -270,7 +270,8 @@ class _Trainer:
 
     def _checkpoint(self, epoch: int, metrics: dict, next_batch: int = 0) -> dict:
         """Everything an exact resume after `epoch` (and `next_batch` batches of the next one)
-        needs; the only tensors are the model's and the optimizer's."""
+        needs; the only tensors are the model's (with ema_decay its average, the raw weights beside it)
+        and the optimizer's."""
         ema = {RAW_WEIGHTS: self.ema.raw_weights()} if self.ema else {}
         return {
             "model": self.ema.state_dict(self.model) if self.ema else self.model.state_dict(), **ema,
