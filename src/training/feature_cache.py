@@ -161,9 +161,10 @@ def _compute(model: CSIModel, inputs: CSIDataset, device: torch.device, batch_si
     return produce
 
 
-def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: torch.device) -> FeatureCache:
+def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: torch.device,
+                        says: bool = True) -> FeatureCache:
     """The pooled features of every train and val image of `data` under `model`'s backbone, computing only
-    those the store lacks (with a progress bar)."""
+    those the store lacks (with a progress bar); `says`: this process logs what it did (rank 0's does)."""
     settings = feature_settings(model, cfg, data.mean, data.std)
     store = store_dir(Path(cfg.data.cache_dir) / FEATURES_DIR, settings)
     store.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: 
         model.eval()
         try:
             with tqdm(total=sum(len(s.rows) for s in plan), desc="Computing the frozen backbone's features",
-                      unit="img", leave=False) as bar:
+                      unit="img", leave=False, disable=not says) as bar:
                 computed = write_shards(store, plan, keys, settings,
                                         _compute(model, inputs, device, cfg.evaluation.batch_size), bar)
         finally:
@@ -187,9 +188,10 @@ def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: 
     index = read_index(store)
     entries = check_readable(store, index, keys)
     features = ShardedImages(store, index.names, index.shards[entries], index.slots[entries], settings)
-    logger.info(f"Feature cache {store}: {computed} image(s) computed now, {len(rows) - computed} reused "
-                f"({len(rows)} x {settings.vectors}x{settings.channels} {settings.dtype}, "
-                f"{features.nbytes / 2**20:.1f} MiB)")
+    if says:
+        logger.info(f"Feature cache {store}: {computed} image(s) computed now, {len(rows) - computed} reused "
+                    f"({len(rows)} x {settings.vectors}x{settings.channels} {settings.dtype}, "
+                    f"{features.nbytes / 2**20:.1f} MiB)")
     return FeatureCache(features, rows, store, computed)
 
 

@@ -21,17 +21,18 @@ def heads_only(cfg: Config) -> bool:
 
 
 class FreezeSchedule:
-    """Freezes `model` for the optimizer now (what the run trains at some epoch) and per epoch after."""
+    """Freezes `model` for the optimizer now (what the run trains at some epoch) and per epoch after;
+    `says`: this process logs (rank 0 of a distributed run)."""
 
-    def __init__(self, cfg: Config, model: CSIModel) -> None:
+    def __init__(self, cfg: Config, model: CSIModel, says: bool = True) -> None:
         self.model, self.spec, self.unfreeze_epoch = model, cfg.model.freeze, cfg.training.unfreeze_epoch
-        self.cached = uses_feature_cache(cfg)
-        if self.unfreeze_epoch and self.spec == "none":  # searchable alone, so not refused: said
-            logger.warning(f"[Training] unfreeze_epoch = {self.unfreeze_epoch} has nothing to unfreeze: [Model] "
-                           "freeze = none")
+        self.cached, self.says = uses_feature_cache(cfg), says
         self.current = "none" if self.unfreeze_epoch else self.spec
         freeze(model, self.current)
-        if self.cached and BatchAugmenter(cfg.augmentation, 0.0, 1.0).active:
+        if says and self.unfreeze_epoch and self.spec == "none":  # searchable alone, so not refused: said
+            logger.warning(f"[Training] unfreeze_epoch = {self.unfreeze_epoch} has nothing to unfreeze: [Model] "
+                           "freeze = none")
+        if says and self.cached and BatchAugmenter(cfg.augmentation, 0.0, 1.0).active:
             logger.warning("[Augmentation] changes pixels, which the cached features of the frozen backbone cannot "
                            "follow: the heads train on unaugmented images; set [Training] feature_cache = false to "
                            "augment (running the backbone every step) or [Augmentation] enabled = false")
@@ -50,7 +51,7 @@ class FreezeSchedule:
         spec = self.frozen_at(epoch)
         if spec == self.current:
             return False
-        if spec == "none" and self.unfreeze_epoch:
+        if spec == "none" and self.unfreeze_epoch and self.says:
             logger.info(f"epoch {epoch}: [Training] unfreeze_epoch = {self.unfreeze_epoch}, the whole model trains")
         freeze(self.model, spec)
         self.current = spec

@@ -144,7 +144,7 @@ class _Trainer:
         settings = LoopSettings.from_config(cfg, self.device, measure=not heads_only(cfg))
         self.settings = replace(settings, progress=self.dist.is_main, dist=self.dist)
         self.model = place_model(build_model(cfg), self.device, self.settings)
-        self.freezing = FreezeSchedule(cfg, self.model)  # before the optimizer, which holds what trains
+        self.freezing = FreezeSchedule(cfg, self.model, says=self.dist.is_main)  # before the optimizer
         self.feature_phase: Phase | None = None  # made the first epoch that reads cached features
         self.monitor = cfg.callbacks.monitor
         self.mode = resolve_mode(self.monitor, cfg.callbacks.mode)
@@ -222,7 +222,7 @@ class _Trainer:
             return Phase(self.net, self.model, self.train_loader, self.val_loader, self.settings,
                          self.prepare_train, self.prepare_eval)
         if self.feature_phase is None:
-            cache = build_feature_cache(self.model, self.cfg, self.data, self.device)
+            cache = build_feature_cache(self.model, self.cfg, self.data, self.device, says=self.dist.is_main)
             loaders = self._loaders(cache.dataset(self.data, "train"), cache.dataset(self.data, "val"))
             heads = PooledHead(self.model.head)
             self.feature_phase = Phase(wrap_model(heads, False, self.dist, self.device), heads, *loaders,
