@@ -24,6 +24,7 @@ from src.training.optimizer import create_optimizer, create_scheduler
 from src.training.trainer import train_model
 from src.utils.checkpoint import read_checkpoint
 from src.utils.errors import ConfigError
+from src.utils.seed import seed_everything
 from tests.conftest import run_main, write_config
 from tests.zoo_caches import write_hf_vit_cache, write_raddino_cache, write_timm_cache
 
@@ -253,3 +254,6 @@ def test_resume_with_ema_is_exact(tmp_path, tiny_dataset):
     after_heads = read_checkpoint(whole / "checkpoint_epoch_1.pth")[RAW_WEIGHTS]
     changed = {k.split(".")[0] for k in raw if not torch.equal(raw[k], after_heads[k])}
     assert changed == {"backbone", "head"}  # frozen in epoch 1, the backbone trained in epoch 2
+    seed_everything(cfg.training.seed)  # the run's initial weights: the optimizer held the backbone, never moved it
+    initial = build_model(cfg).state_dict()
+    assert all(torch.equal(after_heads[k], initial[k]) for k in after_heads if k.startswith("backbone."))
