@@ -40,6 +40,8 @@ def _raddino(bench: Bench) -> tuple[list[Row], list[str]]:
     from src.data.augment import BatchAugmenter
     from src.data.dataset import make_loader
     from src.data.load import load_data
+    from src.data.prepare import BatchPreparer
+    from src.data.preprocess import Normalization
     from src.engine.settings import LoopSettings
     from src.models.factory import build_model
     from src.models.heads import PooledHead
@@ -89,13 +91,13 @@ def _raddino(bench: Bench) -> tuple[list[Row], list[str]]:
     full = {"model": build_model(cfg)}
     full["optimizer"] = create_optimizer(full["model"], cfg)
     full_loader = make_loader(data.dataset("train"), full_batch, shuffle=True, limit=full_batch)
-    augment = BatchAugmenter(load_config(None, env={}).augmentation, data.mean, data.std)
+    prepare_full = BatchPreparer(Normalization.of(cfg.data), BatchAugmenter(load_config(None, env={}).augmentation))
     settings, criterion = LoopSettings(progress=False), WeightedCSILoss()
 
     def seconds_per_image(name: str) -> float:
         if name == "full":
             epoch = train_epoch(full["model"], full_loader, criterion, full["optimizer"], cpu, 1, settings,
-                                augment=augment)
+                                prepare=prepare_full)
             return epoch["epoch_seconds"] / full_batch
         epoch = train_epoch(heads, heads_loader, criterion, heads_optimizer, cpu, 1, settings)
         return epoch["epoch_seconds"] / head_rows
@@ -138,23 +140,22 @@ def _raddino(bench: Bench) -> tuple[list[Row], list[str]]:
 
 def _test_f1(model, cfg, data) -> tuple[float, tuple[float, float]]:
     """Test macro F1 of `model` (trained per `cfg`) and its 95% bootstrap interval (patients resampled)."""
-    import dataclasses
 
     import torch
 
     from src.data.dataset import make_loader
-    from src.data.preprocess import normalization_stats
+    from src.data.prepare import BatchPreparer
+    from src.data.preprocess import Normalization
     from src.engine.metrics import compute_all_metrics
     from src.engine.predict import predict_batches
     from src.engine.settings import LoopSettings
     from src.evaluation.bootstrap import BootstrapSettings, metric_intervals, resampling_units
     from src.models.zoo import resolve_preprocessing
 
-    d = resolve_preprocessing(cfg).data  # the normalisation the model was trained with
-    mean, std = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
-    test = dataclasses.replace(data, mean=mean, std=std).dataset("test")
+    normalization = Normalization.of(resolve_preprocessing(cfg).data)  # the one the model was trained with
+    test = data.dataset("test")
     result = predict_batches(model, make_loader(test, 64, shuffle=False, keep_all=True), torch.device("cpu"),
-                             LoopSettings(progress=False))
+                             LoopSettings(progress=False), prepare=BatchPreparer(normalization))
     rows = data.table[data.table["split"] == "test"]
     units = resampling_units(result.file_ids, rows["PatientID"].tolist() if "PatientID" in rows else None)
     ev = cfg.evaluation

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,8 @@ from src.data.cache.keys import KEY_DTYPE, Decoded, entry_keys
 from src.data.cache.store import check_readable, read_index, remove_abandoned, store_dir
 from src.data.dataset import CSIDataset
 from src.data.load import DataBundle
-from src.data.preprocess import normalization_stats
+from src.data.prepare import BatchPreparer
+from src.data.preprocess import Normalization
 from src.models.factory import CSIModel, build_model
 from src.models.zoo import resolve_preprocessing
 from src.utils.device import resolve_device
@@ -95,10 +96,12 @@ class FeatureSettings:
         return self.vectors * self.channels * np.dtype(self.dtype).itemsize
 
 
-def feature_settings(model: CSIModel, cfg: Config, mean: float, std: float) -> FeatureSettings:
-    head = model.head
+def feature_settings(model: CSIModel, cfg: Config) -> FeatureSettings:
+    """`cfg`: resolved (its [Data] normalisation is the weights')."""
+    head, normalization = model.head, Normalization.of(cfg.data)
     vectors = 1 if head.pooling == "global" else 6
-    return FeatureSettings(CacheSettings.from_config(cfg.data).digest(), mean, std, model.arch_name,
+    return FeatureSettings(CacheSettings.from_config(cfg.data).digest(), normalization.mean,
+                           normalization.std, model.arch_name,
                            f"{head.pooling}/{model.focus}", weights_digest(model.backbone), vectors,
                            head.classifiers[0][1].in_features)
 
@@ -149,11 +152,12 @@ def _entry_keys(data: DataBundle, rows: np.ndarray) -> np.ndarray:
                      for key, r in zip(keys, cache_rows)], dtype=KEY_DTYPE)
 
 
-def _compute(model: CSIModel, inputs: CSIDataset, device: torch.device, batch_size: int):
+def _compute(model: CSIModel, inputs: CSIDataset, prepare: BatchPreparer, device: torch.device, batch_size: int):
     """produce(rows) for write_shards: the pooled features of those rows of `inputs`, one entry at a time."""
     def produce(rows: np.ndarray) -> Iterator[Decoded]:
         for start in range(0, len(rows), batch_size):
-            images = inputs.__getitems__(rows[start:start + batch_size].tolist())[0].to(device)
+            stored, labels, _ = inputs.__getitems__(rows[start:start + batch_size].tolist())
+            images, _ = prepare(stored, labels, device)
             with torch.no_grad():
                 pooled = model.pooled_features(images).float().cpu().numpy()
             for entry in pooled:
@@ -164,8 +168,9 @@ def _compute(model: CSIModel, inputs: CSIDataset, device: torch.device, batch_si
 def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: torch.device,
                         says: bool = True) -> FeatureCache:
     """The pooled features of every train and val image of `data` under `model`'s backbone, computing only
-    those the store lacks (with a progress bar); `says`: this process logs what it did (rank 0's does)."""
-    settings = feature_settings(model, cfg, data.mean, data.std)
+    those the store lacks (with a progress bar); `cfg`: resolved; `says`: this process logs what it did
+    (rank 0's does)."""
+    settings = feature_settings(model, cfg)
     store = store_dir(Path(cfg.data.cache_dir) / FEATURES_DIR, settings)
     store.mkdir(parents=True, exist_ok=True)
     remove_abandoned(store)
@@ -175,14 +180,15 @@ def build_feature_cache(model: CSIModel, cfg: Config, data: DataBundle, device: 
     computed = 0
     if plan:
         inputs = CSIDataset(data.cache.images, data.table["cache_index"].to_numpy()[rows], data.labels()[rows],
-                            data.table["FileID"].to_numpy()[rows].tolist(), data.mean, data.std, data.zones)
+                            data.table["FileID"].to_numpy()[rows].tolist(), data.zones)
         was_training = model.training
         model.eval()
         try:
             with tqdm(total=sum(len(s.rows) for s in plan), desc="Computing the frozen backbone's features",
                       unit="img", leave=False, disable=not says) as bar:
                 computed = write_shards(store, plan, keys, settings,
-                                        _compute(model, inputs, device, cfg.evaluation.batch_size), bar)
+                                        _compute(model, inputs, BatchPreparer(Normalization.of(cfg.data)), device,
+                                                 cfg.evaluation.batch_size), bar)
         finally:
             model.train(was_training)
     index = read_index(store)
@@ -200,7 +206,5 @@ def prebuild_feature_cache(cfg: Config, data: DataBundle) -> FeatureCache:
     seeded weights, normalisation and device): --mode check prepares it, and reports what it reused."""
     seed_everything(cfg.training.seed)
     cfg = resolve_preprocessing(cfg)
-    d = cfg.data
-    mean, std = normalization_stats(d.normalization, d.normalization_mean, d.normalization_std)
     device = resolve_device(cfg.training.device)
-    return build_feature_cache(build_model(cfg).to(device), cfg, replace(data, mean=mean, std=std), device)
+    return build_feature_cache(build_model(cfg).to(device), cfg, data, device)
