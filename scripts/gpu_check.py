@@ -388,7 +388,7 @@ def export(check: Check) -> dict:
     return {**figures, "onnx_images": len(onnx)}
 
 
-@stage("hyperopt", "hyperopt: two Optuna trials")
+@stage("hyperopt", "Two Optuna trials (run_study)")
 def hyperopt(check: Check) -> dict:
     from src.optimization.runner import run_study
 
