@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM
 from scipy import ndimage
 from torch import nn
 from tqdm import tqdm
@@ -73,13 +72,20 @@ def grid_misalignment(model: CSIModel, image: torch.Tensor) -> tuple[float, floa
 def zone_cams(model: CSIModel, images: torch.Tensor, scores: np.ndarray) -> np.ndarray:
     """Grad-CAM maps [B, 6, H, W] in [0, 1] of each zone's class `scores[b, zone]` for `images`
     [B, 1, H, W] (on the model's device), placed where the backbone's cells look."""
+    # Imported here: pytorch_grad_cam loads torchvision, scikit-learn and OpenCV, several seconds of
+    # start-up that predict, train and the other modes importing this module never use.
+    from pytorch_grad_cam import GradCAM
+
     layer, reshape = cam_layer(model, tuple(images.shape[-2:]))
     maps = np.zeros((len(images), len(ZONES), *images.shape[-2:]), dtype=np.float32)
     with torch.enable_grad(), GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         for z in range(len(ZONES)):
             targets = [ZoneClassTarget(z, int(s)) for s in scores[:, z]]
             maps[:, z] = cam(input_tensor=images.float(), targets=targets)
-    if reshape is None:  # ViT patches are exactly the cells resizing assumes; CNN cells may not be
+    # ViT patches (a transformer's cam_target, timm's patch grid) are exactly the cells resizing assumes;
+    # CNN cells may not be. A timm ViT's cell sums to a constant over its channels (its last LayerNorm):
+    # measuring it found only rounding noise, a shift that changed with the thread count.
+    if reshape is None and not getattr(model.backbone, "patch_size", None):
         rows, cols = grid_misalignment(model, images[0])
         maps = ndimage.shift(maps, (0, 0, rows, cols), order=1, mode="nearest")
     return maps
