@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from src.config.loader import apply_overrides, load_config
 from src.config.schema import Config, DataConfig, ModelConfig
 from src.deploy.export import ScoringModel, write_exported
 from src.deploy.metadata import METADATA_KEY
@@ -229,3 +230,14 @@ def test_models_mode_lists_every_backbone_and_what_is_cached(caches, tiny_datase
     assert "hub microsoft/rad-dino (cached)" in rows["raddino"]
     assert "(0 of 7 cached)" in rows["chexnet"] and "not cached" in rows["resnet50"]
     assert rows["timm:test_vit.r160_in1k"].split()[3] == "160"
+
+
+def test_models_measure_times_training_steps_per_precision_this_cpu_runs():
+    from src.cli.models import measure
+    from src.engine.precision import candidates
+
+    cfg = apply_overrides(load_config(None, env={}), {"Model.pretrained": False, "Training.device": "cpu"})
+    rates = measure(cfg, "custom_cnn", 32)
+    expected = [o for o in candidates(torch.device("cpu"), "auto") if o.name == "fp32" or o.channels_last]
+    assert list(rates) == [str(o) for o in expected] and "fp32" in rates  # bf16 too where the CPU has it
+    assert all(rate > 0 for rate in rates.values())

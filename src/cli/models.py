@@ -10,7 +10,7 @@ import pandas as pd
 
 from src.config.loader import apply_overrides
 from src.config.schema import Config
-from src.engine.precision import candidates, time_steps
+from src.engine.precision import candidates, probe_batch, time_model_steps
 from src.models.zoo.catalog import describe, listed
 from src.utils.device import resolve_device
 
@@ -23,7 +23,8 @@ def measure(cfg: Config, name: str, size: int) -> dict[str, float]:
     trial = apply_overrides(cfg, {"Model.model_arch": name, "Data.image_size": size,
                                   "Training.batch_size": MEASURE_BATCH})
     options = [o for o in candidates(device, "auto") if o.name == "fp32" or o.channels_last]
-    return {str(o): MEASURE_BATCH / seconds for o, seconds in time_steps(trial, device, options).items()}
+    batch = probe_batch(trial, device)
+    return {str(o): batch / seconds for o, seconds in time_model_steps(trial, device, options).items()}
 
 
 def _weights_column(sources: list[tuple[str, str, bool]]) -> str:

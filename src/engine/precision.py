@@ -208,7 +208,7 @@ def _measured_or_cached(cfg: Config, device: torch.device, measure: bool) -> Pre
         choice, rate = options[0], {}
         logger.info(f"precision = auto: {choice}, the only candidate on {_device_name(device)}{_why_alone(device)}")
     else:
-        step_seconds = _probe(cfg, device, options)
+        step_seconds = time_model_steps(cfg, device, options)
         if not step_seconds:
             raise ConfigError(f"[Training] batch_size = {cfg.training.batch_size}: {cfg.model.model_arch} at "
                               f"{cfg.data.image_size} px runs out of memory on {_device_name(device)} in every "
@@ -223,7 +223,7 @@ def _measured_or_cached(cfg: Config, device: torch.device, measure: bool) -> Pre
     return choice
 
 
-def _probe(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
+def time_model_steps(cfg: Config, device: torch.device, options: list[Precision]) -> dict[Precision, float]:
     """time_steps on a copy of the model with random weights and a random batch, leaving the random
     generators as they were and, on a GPU, its memory to the run."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
