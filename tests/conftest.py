@@ -23,6 +23,18 @@ CACHE_HOMES = ("XDG_CACHE_HOME", "TORCH_HOME", "HF_HOME", "WANDB_DIR", "WANDB_CA
                "WANDB_DATA_DIR", "MPLCONFIGDIR")
 
 
+def pytest_configure(config) -> None:
+    """Under `pytest -n N` the N worker processes share the machine's cores: each runs torch, and the
+    processes its tests start, on its share: oversubscribed cores make oneDNN's threads wait on each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
 def _cache_homes(root: Path) -> dict[str, str]:
     homes = {name: root / name.lower() for name in CACHE_HOMES}
     for home in homes.values():
