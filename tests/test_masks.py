@@ -12,8 +12,10 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from click.testing import CliRunner
 from PIL import Image
 
+from src.cli.main import cli
 from src.config.loader import apply_overrides, load_config
 from src.data.augment import BatchAugmenter
 from src.data.cache import CacheSettings, build_cache
@@ -269,7 +271,7 @@ def test_a_flip_swaps_the_lungs_with_the_labels():
     assert ((out[:, 1].sum(1) * cols).sum(-1) / out[:, 1].sum((1, 2)) < SIZE / 2).all()
 
 
-def test_train_and_eval_with_masks(project):
+def test_train_and_eval_with_masks(project, monkeypatch):
     train = run_main("--mode", "train", "--set", "Augmentation.horizontal_flip=0.5", cwd=project)
     assert train.returncode == 0, train.stderr[-3000:]
     run_dir = next((project / "models").iterdir())
@@ -282,35 +284,36 @@ def test_train_and_eval_with_masks(project):
     # predict reads the masks of the images it scores (--masks), and refuses to guess without them.
     checkpoint = str(run_dir / "best_model.pth")
     masks = str(project.parent / "data" / "masks")
-    scored = run_main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", masks,
-                      "--output", "with_masks.csv", cwd=project)
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    assert len((project / "with_masks.csv").read_text().splitlines()) == 25
     refused = run_main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images",
                        "--masks", "", cwd=project)
     assert refused.returncode == 2 and "trained with lung masks" in error_lines(refused)[0]
     assert len(error_lines(refused)) == 1
-    on_grid = run_main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", "",
-                       "--set", "Data.on_missing_mask=grid", "--set", "Evaluation.tta=flip", "--output", "grid.csv",
-                       cwd=project)
-    assert on_grid.returncode == 0, on_grid.stderr[-3000:]
+    # The modes that follow run in this process (the same CLI, without a Python start-up each).
+    monkeypatch.chdir(project)
+
+    def main(*args: str) -> None:
+        result = CliRunner().invoke(cli, list(args), prog_name="main.py")
+        assert result.exit_code == 0, result.output[-3000:]
+
+    main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", masks,
+         "--output", "with_masks.csv")
+    assert len((project / "with_masks.csv").read_text().splitlines()) == 25
+    main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", "",
+         "--set", "Data.on_missing_mask=grid", "--set", "Evaluation.tta=flip", "--output", "grid.csv")
     assert (project / "grid.csv").read_text() != (project / "with_masks.csv").read_text()
-    explained = run_main("--mode", "explain", "--checkpoint", checkpoint, "--input", "../data/images",
-                         "--masks", masks, "--output", "explained", cwd=project)
-    assert explained.returncode == 0, explained.stderr[-3000:]
+    main("--mode", "explain", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", masks,
+         "--output", "explained")
     assert len(list((project / "explained").glob("1*.png"))) == 24
     # Exported, the model takes the zone masks as a second input named in its metadata, and scores
     # like PyTorch through onnxruntime.
     for fmt in ("onnx", "torchscript"):
-        exported = run_main("--mode", "export", "--checkpoint", checkpoint, "--format", fmt, cwd=project)
-        assert exported.returncode == 0, exported.stderr[-3000:]
+        main("--mode", "export", "--checkpoint", checkpoint, "--format", fmt)
     session = onnxruntime.InferenceSession(str(run_dir / "best_model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image", "zone_masks"]
     metadata = json.loads(session.get_modelmeta().custom_metadata_map["csi_predictor"])
     assert metadata["mask_input"].startswith("zone_masks: float32 [batch, zones, 32, 32]")
-    onnx_scored = run_main("--mode", "predict", "--runtime", "onnx", "--checkpoint", str(run_dir / "best_model.onnx"),
-                           "--input", "../data/images", "--masks", masks, "--output", "onnx.csv", cwd=project)
-    assert onnx_scored.returncode == 0, onnx_scored.stderr[-3000:]
+    main("--mode", "predict", "--runtime", "onnx", "--checkpoint", str(run_dir / "best_model.onnx"),
+         "--input", "../data/images", "--masks", masks, "--output", "onnx.csv")
     torch_table, onnx_table = (pd.read_csv(project / name) for name in ("with_masks.csv", "onnx.csv"))
     probabilities = [f"{zone}_p{c}" for zone in ZONES for c in range(5)]
     np.testing.assert_allclose(onnx_table[probabilities], torch_table[probabilities], atol=2e-5)
