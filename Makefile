@@ -38,7 +38,7 @@ train: demo
 TEST_WORKERS ?= 2
 
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 lint: install
 	$(VENV)/bin/ruff check src tests scripts main.py
