@@ -442,9 +442,11 @@ def sweep_run_starts(bench: Bench, runs: int) -> list[float]:
     main = [sys.executable, str(ROOT / "main.py"), "--backend", "local"]
     run_child([*main, "--mode", "sweep", "--sweep-config", "sweep.yaml", "--sweep-name", "bench"], root)
     output = run_child([*main, "--mode", "sweep-agent", "--sweep-id", "bench", "--count", str(runs)], root).output
-    # The trainer's "Run <dir>: ..." line is logged as it starts on its first batch.
+    # The trainer's "Run <dir>: ..." line is logged as it starts on its first batch, in loguru's default
+    # format: local time, then (loguru 0.8 on) its UTC offset, which optuna's naive start times lack.
     started = {Path(directory).name: datetime.datetime.fromisoformat(stamp) for stamp, directory in
-               re.findall(r"^(\S+ \S+) \| INFO .*trainer:fit:\d+ - Run (\S+):", output, re.MULTILINE)}
+               re.findall(r"^(\S+ \S+)(?: [+-]\d\d:\d\d)? \| INFO .*trainer:fit:\d+ - Run (\S+):", output,
+                          re.MULTILINE)}
     study = open_sweep(load_config(config, env={}), "bench")[0]
     return [(started[Path(t.user_attrs["run_dir"]).name] - t.datetime_start).total_seconds()
             for t in study.get_trials() if Path(t.user_attrs.get("run_dir", "")).name in started]
