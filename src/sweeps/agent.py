@@ -2,19 +2,24 @@
 
 Stops after `count` runs, when the sweep has no run left (a finished grid, run_cap reached) or
 when a run has reached metric.target. Each run is its own process, so all its memory, GPU memory
-included, is released when it ends. Runs are spawned (a fresh interpreter, a few seconds of
-imports), not forked: a fork of the agent, whose thread pools (OpenMP, W&B's telemetry) may be
-running, can crash or hang in the child. The agent decodes the images into the on-disk cache once;
+included, is released when it ends. Runs are not forked from the agent: a fork of a process whose
+thread pools (OpenMP, W&B's telemetry) may be running can crash or hang in the child. Nor are they
+spawned as fresh interpreters, which import torch anew (about 6 s a run on a small CPU). They are
+forked from multiprocessing's fork server, a process that has only imported the training code, runs
+no thread pool and never touches a GPU. The agent decodes the images into the on-disk cache once;
 each run reads them back from it. The run dies with its agent, and the next
 agent queues it again. The agent beats the run's heartbeat while it waits.
 """
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.forkserver
+import os
 import signal
 import sys
+import threading
 
 import click
 import optuna
@@ -38,15 +43,26 @@ from src.sweeps.run import train_trial
 from src.sweeps.spec import SweepSpec
 from src.utils.logging import logger
 
+_RUNS = multiprocessing.get_context("forkserver")
+# What every run imports, torch's compiler included (its optimizers import it on first use).
+_RUNS.set_forkserver_preload(["src.sweeps.run", "torch._dynamo"])
 
-def _die_with_parent() -> None:
-    """Have the kernel kill this process when the agent dies (Linux), so no run outlives its agent."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+def _die_with_agent() -> None:
+    """Kill this run the moment its agent is gone, so no run outlives it. The kernel's parent-death
+    signal would wait for the fork server, the run's parent, whose own exit takes seconds: a thread
+    waits instead on the pipe from the agent, which the kernel closes when the agent dies."""
+    agent = multiprocessing.parent_process()
+
+    def wait_for_the_agent() -> None:
+        multiprocessing.connection.wait([agent.sentinel])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait_for_the_agent, name="die-with-agent", daemon=True).start()
 
 
 def _run(cfg: Config, sweep_id: str, number: int) -> None:
-    _die_with_parent()
+    _die_with_agent()
     try:
         train_trial(cfg, sweep_id, number, SharedDatasets())
     except KeyboardInterrupt:
@@ -55,7 +71,7 @@ def _run(cfg: Config, sweep_id: str, number: int) -> None:
 
 def run_in_process(cfg: Config, sweep_id: str, number: int, store: BaseStorage, trial_id: int) -> int:
     """Train run `number` in a child process; beats its heartbeat while waiting; its exit code."""
-    process = multiprocessing.get_context("spawn").Process(target=_run, args=(cfg, sweep_id, number))
+    process = _RUNS.Process(target=_run, args=(cfg, sweep_id, number))
     process.start()
     try:
         while process.exitcode is None:
@@ -79,6 +95,7 @@ def run_agent(cfg: Config, sweep_id: str, count: int | None = None) -> tuple[opt
                 + (f", hyperband at epochs {', '.join(map(str, bands))}" if spec.hyperband else "")
                 + (f", run_cap {spec.run_cap}" if spec.run_cap else "")
                 + (f", target {spec.target:g}" if spec.target is not None else ""))
+    multiprocessing.forkserver.ensure_running()  # it imports the training code while the images decode
     SharedDatasets().get(cfg)  # decodes the images into the on-disk cache once; every run reads it back
     done, interrupted, trial = 0, False, None
     try:

@@ -2,7 +2,7 @@
 
 W&B's agent passes the values on the command line (`--name=value`, its `${args}`) and in
 `wandb.config` to `--mode sweep-run`; the local agent stores them on the run's Optuna trial and
-spawns the process. Either way they are applied onto config.ini with the usual validation, and
+starts the process. Either way they are applied onto config.ini with the usual validation, and
 the run's config.ini records them. A process per run releases all its memory (GPU memory above
 all) when the run ends, which W&B's in-process `function=` agent does not.
 """
