@@ -136,6 +136,22 @@ def run_main(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600)
                           capture_output=True, text=True, timeout=timeout)
 
 
+def invoke_main(*args: str, cwd: Path):
+    """`main.py ARGS` in this process, through click's test runner: the same command line as run_main
+    without a Python start-up, whose imports (torch's compiler among them) cost seconds. For a test's
+    steps after its first real `main.py` process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from src.cli.main import cli
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, list(args), prog_name="main.py")
+    finally:
+        os.chdir(previous)
+
+
 def install_debian_package(package: str, present) -> str:
     """Install Debian's `package` unless `present()` already holds; returns '' or why it failed.
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from src.data.zones import ZONES
-from tests.conftest import REPO, run_main, write_config, write_png_dataset
+from tests.conftest import REPO, invoke_main, run_main, write_config, write_png_dataset
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,9 @@ def test_train_eval_predict_end_to_end(project):
     checkpoint = torch.load(run_dir / "best_model.pth", weights_only=True)
     assert checkpoint["arch"] == "custom_cnn" and "[Model]" in checkpoint["config"]
 
-    evaluation = run_main("--mode", "eval", cwd=project)
-    assert evaluation.returncode == 0, evaluation.stderr
+    # The steps after the real `main.py` process run in this one: the same CLI, without the start-up.
+    evaluation = invoke_main("--mode", "eval", cwd=project)
+    assert evaluation.exit_code == 0, evaluation.output[-3000:]
     out = run_dir / "evaluation"
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert set(metrics) == {"val", "test"} and "f1_macro" in evaluation.stdout
@@ -114,9 +115,9 @@ def test_train_eval_predict_end_to_end(project):
     split = pd.read_csv(run_dir / "split.csv", dtype=str)
     train_ids = split.loc[split["split"] == "train", ["FileID"]]
     train_ids.to_csv(project / "to_score.csv", index=False)
-    predict = run_main("--mode", "predict", "--checkpoint", str(run_dir / "best_model.pth"),
-                       "--input", "to_score.csv", "--output", "scored.csv", cwd=project)
-    assert predict.returncode == 0, predict.stderr
+    predict = invoke_main("--mode", "predict", "--checkpoint", str(run_dir / "best_model.pth"),
+                          "--input", "to_score.csv", "--output", "scored.csv", cwd=project)
+    assert predict.exit_code == 0, predict.output[-3000:]
     scored = pd.read_csv(project / "scored.csv", dtype={"FileID": str})
     zone_columns = [c for z in ZONES for c in (f"{z}_pred", *(f"{z}_p{k}" for k in range(5)))]
     assert list(scored.columns) == ["FileID", *zone_columns, "csi_pred", "ahf_pred"]
@@ -127,20 +128,20 @@ def test_train_eval_predict_end_to_end(project):
     accuracy = (predicted[known] == truth[known]).mean()
     assert accuracy > 0.4, f"training-image accuracy {accuracy:.2f} is not above chance (0.25)"
 
-    by_dir = run_main("--mode", "predict", "--input", "data/images", "--output", "all.csv", cwd=project)
-    assert by_dir.returncode == 0, by_dir.stderr
+    by_dir = invoke_main("--mode", "predict", "--input", "data/images", "--output", "all.csv", cwd=project)
+    assert by_dir.exit_code == 0, by_dir.output[-3000:]
     assert len(pd.read_csv(project / "all.csv")) == 60
 
 
 def test_eval_refuses_a_checkpoint_of_another_architecture(project, tmp_path):
     bogus = tmp_path / "bogus.pth"
     torch.save({"model": {}, "arch": "resnet50", "config": "[Model]\nmodel_arch = resnet50\n"}, bogus)
-    result = run_main("--mode", "predict", "--checkpoint", str(bogus), "--input", "data/images", cwd=project)
-    assert result.returncode == 2 and "weights do not fit" in result.stderr
+    result = invoke_main("--mode", "predict", "--checkpoint", str(bogus), "--input", "data/images", cwd=project)
+    assert result.exit_code == 2 and "weights do not fit" in result.stderr
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"nope")
-    result = run_main("--mode", "eval", "--checkpoint", str(garbage), cwd=project)
-    assert result.returncode == 2 and "not a readable CSI-Predictor checkpoint" in result.stderr
+    result = invoke_main("--mode", "eval", "--checkpoint", str(garbage), cwd=project)
+    assert result.exit_code == 2 and "not a readable CSI-Predictor checkpoint" in result.stderr
 
 
 def test_legacy_imports_and_entry_points(project):

@@ -27,7 +27,7 @@ from src.evaluation.tta import TTAModel, with_tta, zoom_images
 from src.experiments.crossval import run_cross_validation
 from src.optimization.runner import run_study
 from src.utils.errors import CheckpointError, ConfigError
-from tests.conftest import run_main, write_config, write_png_dataset
+from tests.conftest import invoke_main, run_main, write_config, write_png_dataset
 
 FOLDS = 3
 
@@ -165,8 +165,8 @@ def test_an_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(proje
 
 def test_eval_of_a_cv_directory_reports_every_fold_beside_the_ensemble(project, cv_run):
     out = cv_run[2]
-    result = run_main("--mode", "eval", "--run", str(out), "--set", "Evaluation.tta=flip", cwd=project)
-    assert result.returncode == 0, result.stderr
+    result = invoke_main("--mode", "eval", "--run", str(out), "--set", "Evaluation.tta=flip", cwd=project)
+    assert result.exit_code == 0, result.output[-3000:]
     header = next(line for line in result.stdout.splitlines() if "ensemble" in line and "fold_1" in line)
     assert header.split() == ["fold_1", "fold_2", "fold_3", "ensemble"]
     report = json.loads((out / "evaluation" / "metrics.json").read_text())

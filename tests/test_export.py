@@ -28,7 +28,7 @@ from src.models.backbones import BACKBONES
 from src.models.factory import build_model
 from src.utils.checkpoint import save_checkpoint
 from src.utils.errors import ExportError
-from tests.conftest import REPO, run_main, write_config
+from tests.conftest import REPO, invoke_main, run_main, write_config
 
 # `python -c` as on a machine without PyTorch: importing torch fails as it does where it is not
 # installed, which proves the ONNX path never needs it.
@@ -75,9 +75,10 @@ def best_checkpoint(root: Path) -> Path:
 
 def test_onnx_export_carries_preprocessing_and_predicts_without_torch_like_pytorch(trained, module_dataset):
     model_file = trained / "deploy" / "model.onnx"
-    result = run_main("--mode", "export", "--checkpoint", str(best_checkpoint(trained)), "--format", "onnx",
-                      "--output", str(model_file), cwd=trained)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # In this process: the module's training run was the real `main.py` process.
+    result = invoke_main("--mode", "export", "--checkpoint", str(best_checkpoint(trained)), "--format", "onnx",
+                         "--output", str(model_file), cwd=trained)
+    assert result.exit_code == 0, result.output[-3000:]
     assert "checked against PyTorch" in result.stdout
 
     session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
@@ -89,8 +90,8 @@ def test_onnx_export_carries_preprocessing_and_predicts_without_torch_like_pytor
     assert session.get_inputs()[0].shape[0] == "batch"  # dynamic batch size
 
     images = module_dataset / "images"
-    torch_run = run_main("--mode", "predict", "--input", str(images), "--output", "torch.csv", cwd=trained)
-    assert torch_run.returncode == 0, torch_run.stderr[-3000:]
+    torch_run = invoke_main("--mode", "predict", "--input", str(images), "--output", "torch.csv", cwd=trained)
+    assert torch_run.exit_code == 0, torch_run.output[-3000:]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     onnx_run = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(REPO / "main.py"), "--mode", "predict",
                                "--runtime", "onnx", "--checkpoint", str(model_file), "--input", str(images),

@@ -13,7 +13,7 @@ import pytest
 
 from src.data.zones import ZONES
 from src.reporting.html import Image, Plotly, Report, Table, Text
-from tests.conftest import REPO, run_main, write_config, write_png_dataset
+from tests.conftest import REPO, invoke_main, run_main, write_config, write_png_dataset
 
 sys.path.insert(0, str(REPO / "scripts"))
 from chromium import Browser  # noqa: E402
@@ -78,9 +78,9 @@ def test_evaluation_report_opens_offline_with_every_section(chromium, evaluated,
 def test_explain_writes_an_overlay_per_image_and_an_index(chromium, evaluated, tmp_path):
     root, run_dir = evaluated
     pd.DataFrame({"FileID": ["1001", "1002", "1003"]}).to_csv(root / "few.csv", index=False)
-    result = run_main("--mode", "explain", "--checkpoint", str(run_dir / "best_model.pth"), "--input", "few.csv",
-                      "--output", "explained", cwd=root)
-    assert result.returncode == 0, result.stderr
+    result = invoke_main("--mode", "explain", "--checkpoint", str(run_dir / "best_model.pth"), "--input",
+                         "few.csv", "--output", "explained", cwd=root)
+    assert result.exit_code == 0, result.output[-3000:]
     out = root / "explained"
     assert sorted(p.name for p in out.glob("*.png")) == ["1001.png", "1002.png", "1003.png"]
     table = pd.read_csv(out / "predictions.csv", dtype={"FileID": str})

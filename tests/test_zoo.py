@@ -21,7 +21,7 @@ from src.evaluation.saliency import cam_layer, zone_cams
 from src.models.factory import build_model
 from src.models.zoo import get_backbone, resolve_preprocessing
 from src.models.zoo.catalog import describe
-from tests.conftest import run_main, write_config
+from tests.conftest import invoke_main, run_main, write_config
 from tests.zoo_caches import (
     write_hf_vit_cache,
     write_raddino_cache,
@@ -169,9 +169,12 @@ def _train_and_export(root: Path, data: Path, arch: str, size: int, env: dict, *
     assert trained.returncode == 0, trained.stderr[-3000:]
     (checkpoint,) = (root / "models").glob("*/best_model.pth")
     output = root / "model.onnx"
-    exported = run_main("--mode", "export", "--checkpoint", str(checkpoint), "--format", "onnx", "--output",
-                        str(output), cwd=root, env=env)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:  # in this process, with the training process's environment
+        for name, value in env.items():
+            patch.setenv(name, value)
+        exported = invoke_main("--mode", "export", "--checkpoint", str(checkpoint), "--format", "onnx",
+                               "--output", str(output), cwd=root)
+    assert exported.exit_code == 0, exported.output[-3000:]
     assert "checked against PyTorch" in exported.stdout
     session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     return json.loads(session.get_modelmeta().custom_metadata_map[METADATA_KEY])["preprocessing"]
