@@ -12,10 +12,8 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from src.cli.main import cli
 from src.config.loader import apply_overrides, load_config
 from src.data.augment import BatchAugmenter
 from src.data.cache import CacheSettings, build_cache
@@ -24,7 +22,7 @@ from src.data.masks import build_zone_maps, grid_zone_maps
 from src.data.zones import ZONES
 from src.models.heads import ZoneHead
 from src.utils.errors import MaskError
-from tests.conftest import run_main, write_config, write_tiny_dataset
+from tests.conftest import invoke_main, run_main, write_config, write_tiny_dataset
 
 SIZE = 32
 # Image columns of each lung: the patient's right lung on the image's left.
@@ -271,12 +269,13 @@ def test_a_flip_swaps_the_lungs_with_the_labels():
     assert ((out[:, 1].sum(1) * cols).sum(-1) / out[:, 1].sum((1, 2)) < SIZE / 2).all()
 
 
-def test_train_and_eval_with_masks(project, monkeypatch):
+def test_train_and_eval_with_masks(project):
     train = run_main("--mode", "train", "--set", "Augmentation.horizontal_flip=0.5", cwd=project)
     assert train.returncode == 0, train.stderr[-3000:]
     run_dir = next((project / "models").iterdir())
-    evaluation = run_main("--mode", "eval", cwd=project)
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    # The modes after the training process run in this one (the same CLI, without a Python start-up each).
+    evaluation = invoke_main("--mode", "eval", cwd=project)
+    assert evaluation.exit_code == 0, evaluation.output[-3000:]
     metrics = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
     assert "test" in json.dumps(metrics)
     figures = sorted((run_dir / "evaluation" / "saliency").glob("*.png"))
@@ -288,11 +287,9 @@ def test_train_and_eval_with_masks(project, monkeypatch):
                        "--masks", "", cwd=project)
     assert refused.returncode == 2 and "trained with lung masks" in error_lines(refused)[0]
     assert len(error_lines(refused)) == 1
-    # The modes that follow run in this process (the same CLI, without a Python start-up each).
-    monkeypatch.chdir(project)
 
     def main(*args: str) -> None:
-        result = CliRunner().invoke(cli, list(args), prog_name="main.py")
+        result = invoke_main(*args, cwd=project)
         assert result.exit_code == 0, result.output[-3000:]
 
     main("--mode", "predict", "--checkpoint", checkpoint, "--input", "../data/images", "--masks", masks,
